@@ -1,0 +1,1 @@
+"""clan_jax: CLAN (Cross-layer Attention Network) for fine-grained recognition in JAX."""

@@ -1,0 +1,67 @@
+"""Cross-layer Context Attention (CLCA), Figure 2 of the paper."""
+import functools
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from clan_jax.models.attention import spatial_attention
+
+Dtype = Any
+
+
+class CLCA(nn.Module):
+  """Refines a mid-level map L_s with context from the top-level map L_N.
+
+      f = W_g(Up(L_N)) + W_l(L_s)
+      L̂_s = L_s + BN(W_y(normalize(W_θ(f) W_φ(f)^T) W_k(L_s)))
+
+  a non-local block whose queries and keys come from the fused top+mid map and
+  whose values come from L_s alone.
+
+  Attributes:
+    inner_ratio: inner width as a fraction of L_s's channels (choice: 1/2).
+    normalization: 'softmax' over keys or 'mean' (choice: softmax).
+    scaled: 1/sqrt(d) on the logits (choice: no, as non-local blocks).
+    upsample: 'bilinear' or 'nearest' for Up (choice: bilinear).
+    attention_impl: 'fused' or 'reference', see `spatial_attention`.
+    zero_init: start the BatchNorm after W_y with scale 0, so that the block
+      is the identity at initialisation and does not disturb a pretrained
+      backbone (choice: yes).
+  """
+
+  inner_ratio: float = 0.5
+  normalization: str = 'softmax'
+  scaled: bool = False
+  upsample: str = 'bilinear'
+  attention_impl: str = 'fused'
+  zero_init: bool = True
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, mid: jax.Array, top: jax.Array, train: bool) -> jax.Array:
+    """Maps L_s [B, H_s, W_s, C_s] and L_N [B, H_g, W_g, C_g] to L̂_s [B, H_s, W_s, C_s]."""
+    batch, height, width, channels = mid.shape
+    inner = max(1, int(round(channels * self.inner_ratio)))
+    conv1x1 = functools.partial(nn.Conv, inner, (1, 1), dtype=self.dtype,
+                                param_dtype=self.param_dtype)
+    # W_g before Up: both are linear per position (interpolation weights sum
+    # to one, so the bias commutes too), and this order upsamples `inner`
+    # channels instead of C_g (2048 on ResNet-50).
+    g = conv1x1(name='w_g')(top)
+    g = jax.image.resize(g, (batch, height, width, inner), method=self.upsample)
+    f = g + conv1x1(name='w_l')(mid)
+    theta = conv1x1(name='w_theta')(f).reshape(batch, height * width, inner)
+    phi = conv1x1(name='w_phi')(f).reshape(batch, height * width, inner)
+    value = conv1x1(name='w_k')(mid).reshape(batch, height * width, inner)
+    y = spatial_attention(theta, phi, value, normalization=self.normalization,
+                          scaled=self.scaled, implementation=self.attention_impl)
+    y = nn.Conv(channels, (1, 1), dtype=self.dtype, param_dtype=self.param_dtype,
+                name='w_y')(y.reshape(batch, height, width, inner))
+    y = nn.BatchNorm(
+        use_running_average=not train, momentum=0.9, epsilon=1e-5,
+        scale_init=nn.initializers.zeros if self.zero_init else nn.initializers.ones,
+        dtype=self.dtype, param_dtype=self.param_dtype, name='bn_y')(y)
+    return mid + y

@@ -1,0 +1,68 @@
+"""Cross-layer Spatial Attention (CLSA), Figure 3 of the paper."""
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+Dtype = Any
+
+DOWNSAMPLE_MODES = ('avg', 'max', 'bilinear')
+
+
+class CLSA(nn.Module):
+  """Re-weights the top-level map L_N with a spatial map from a refined mid map.
+
+      M_s = sigmoid(conv([max_c L̂_s, mean_c L̂_s]))      [B, H_s, W_s, 1]
+      out = L_N * R(M_s)   (or L_N + L_N * R(M_s) when residual)
+
+  The attention map M_s is sown as intermediates/attention for visualisation.
+
+  Attributes:
+    kernel_size: of the conv producing M_s (choice: 7).
+    downsample: R, from H_s x W_s to H_g x W_g: 'avg' pooling (choice; needs
+      H_s divisible by H_g), 'max' pooling, or 'bilinear' (antialiased).
+    residual: add L_N back (choice: no).
+  """
+
+  kernel_size: int = 7
+  downsample: str = 'avg'
+  residual: bool = False
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, mid: jax.Array, top: jax.Array) -> jax.Array:
+    """Maps L̂_s [B, H_s, W_s, C_s] and L_N [B, H_g, W_g, C_g] to [B, H_g, W_g, C_g]."""
+    descriptor = jnp.concatenate(
+        [jnp.max(mid, axis=-1, keepdims=True),
+         jnp.mean(mid, axis=-1, keepdims=True, dtype=jnp.float32).astype(mid.dtype)],
+        axis=-1)
+    pad = self.kernel_size // 2
+    logits = nn.Conv(1, (self.kernel_size, self.kernel_size),
+                     padding=((pad, pad), (pad, pad)), dtype=self.dtype,
+                     param_dtype=self.param_dtype, name='conv')(descriptor)
+    attention = nn.sigmoid(logits)
+    self.sow('intermediates', 'attention', attention)
+    weights = downsample_to(attention, top.shape[1:3], self.downsample)
+    out = top * weights.astype(top.dtype)
+    return top + out if self.residual else out
+
+
+def downsample_to(x: jax.Array, size: tuple[int, int], mode: str) -> jax.Array:
+  """Resizes [B, H, W, C] down to [B, size[0], size[1], C]."""
+  if mode not in DOWNSAMPLE_MODES:
+    raise ValueError(f'Unknown CLSA downsample {mode!r} (config.model.clsa.'
+                     f'downsample); expected one of {DOWNSAMPLE_MODES}.')
+  if mode == 'bilinear':
+    return jax.image.resize(x, (x.shape[0], *size, x.shape[-1]), 'bilinear')
+  (height, width), (out_height, out_width) = x.shape[1:3], size
+  if height % out_height or width % out_width:
+    raise ValueError(
+        f"CLSA downsample '{mode}' needs the mid-level map ({height}x{width}) to "
+        f'be a multiple of the top-level map ({out_height}x{out_width}): use an '
+        'image size divisible by 32 (config.image_size) or '
+        "config.model.clsa.downsample='bilinear'.")
+  window = (height // out_height, width // out_width)
+  pool = nn.avg_pool if mode == 'avg' else nn.max_pool
+  return pool(x, window, strides=window)

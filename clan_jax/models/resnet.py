@@ -1,0 +1,191 @@
+"""ResNet backbones in torchvision's layout, returning every stage's feature map.
+
+The parameter tree mirrors torchvision's state-dict keys (`conv1`, `bn1`,
+`layer1/0/conv2`, `layer2/0/downsample_conv`, ...), and padding is explicit
+(torchvision pads 3x3 convs and the stem max-pool by 1 on every side, which
+Flax's 'SAME' does not do on stride-2 layers), so torchvision or timm ImageNet
+weights reproduce torchvision's outputs exactly.
+"""
+from collections.abc import Sequence
+import functools
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+Dtype = Any
+
+STAGE_NAMES = ('layer1', 'layer2', 'layer3', 'layer4')
+
+# He-normal over fan-out, as torchvision initialises its ResNet convs.
+conv_kernel_init = nn.initializers.variance_scaling(2.0, 'fan_out', 'normal')
+
+
+class BasicBlock(nn.Module):
+  """Two 3x3 convs (ResNet-18/34). Maps [B, H, W, C_in] -> [B, H/s, W/s, C]."""
+
+  features: int
+  strides: int = 1
+  zero_init_residual: bool = False
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+  expansion = 1
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+    conv = functools.partial(
+        nn.Conv, use_bias=False, kernel_init=conv_kernel_init,
+        dtype=self.dtype, param_dtype=self.param_dtype)
+    norm = functools.partial(
+        nn.BatchNorm, use_running_average=not train, momentum=0.9,
+        epsilon=1e-5, dtype=self.dtype, param_dtype=self.param_dtype)
+    residual = x
+    y = conv(self.features, (3, 3), self.strides, padding=((1, 1), (1, 1)),
+             name='conv1')(x)
+    y = nn.relu(norm(name='bn1')(y))
+    y = conv(self.features, (3, 3), padding=((1, 1), (1, 1)), name='conv2')(y)
+    y = norm(name='bn2', scale_init=_last_bn_scale_init(self.zero_init_residual))(y)
+    if residual.shape != y.shape:
+      residual = conv(self.features, (1, 1), self.strides, name='downsample_conv')(x)
+      residual = norm(name='downsample_bn')(residual)
+    return nn.relu(residual + y)
+
+
+class Bottleneck(nn.Module):
+  """1x1 -> 3x3 (strided, as torchvision "v1.5") -> 1x1 x4 (ResNet-50/101/152).
+
+  Maps [B, H, W, C_in] -> [B, H/s, W/s, 4 * features].
+  """
+
+  features: int
+  strides: int = 1
+  zero_init_residual: bool = False
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+  expansion = 4
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+    conv = functools.partial(
+        nn.Conv, use_bias=False, kernel_init=conv_kernel_init,
+        dtype=self.dtype, param_dtype=self.param_dtype)
+    norm = functools.partial(
+        nn.BatchNorm, use_running_average=not train, momentum=0.9,
+        epsilon=1e-5, dtype=self.dtype, param_dtype=self.param_dtype)
+    residual = x
+    y = conv(self.features, (1, 1), name='conv1')(x)
+    y = nn.relu(norm(name='bn1')(y))
+    y = conv(self.features, (3, 3), self.strides, padding=((1, 1), (1, 1)),
+             name='conv2')(y)
+    y = nn.relu(norm(name='bn2')(y))
+    y = conv(self.features * self.expansion, (1, 1), name='conv3')(y)
+    y = norm(name='bn3', scale_init=_last_bn_scale_init(self.zero_init_residual))(y)
+    if residual.shape != y.shape:
+      residual = conv(self.features * self.expansion, (1, 1), self.strides,
+                      name='downsample_conv')(x)
+      residual = norm(name='downsample_bn')(residual)
+    return nn.relu(residual + y)
+
+
+def _last_bn_scale_init(zero: bool):
+  # Zero-initialising the last BN of each block starts every block as the
+  # identity, which helps training from scratch (Goyal et al. 2017).
+  return nn.initializers.zeros if zero else nn.initializers.ones
+
+
+class ResNetStage(nn.Module):
+  """`num_blocks` residual blocks, the first one strided; named '0', '1', ...
+
+  Maps [B, H, W, C_in] -> [B, H/s, W/s, expansion * features].
+  """
+
+  block_cls: type[nn.Module]
+  num_blocks: int
+  features: int
+  strides: int
+  zero_init_residual: bool = False
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+    for j in range(self.num_blocks):
+      x = self.block_cls(
+          features=self.features, strides=self.strides if j == 0 else 1,
+          zero_init_residual=self.zero_init_residual, dtype=self.dtype,
+          param_dtype=self.param_dtype, name=str(j))(x, train)
+    return x
+
+
+class ResNet(nn.Module):
+  """A ResNet that returns the feature map of the stem and of every stage.
+
+  Attributes:
+    stage_sizes: blocks per stage, e.g. (3, 4, 6, 3) for ResNet-50.
+    block_cls: BasicBlock or Bottleneck.
+    width: channels of the stem and of the first stage's 3x3 convs (64 in
+      torchvision); stage i has width * 2**i.
+    num_classes: if set, also returns the logits of torchvision's `fc` head
+      (used to check parity with torchvision); CLAN uses its own heads.
+  """
+
+  stage_sizes: Sequence[int]
+  block_cls: type[nn.Module]
+  width: int = 64
+  zero_init_residual: bool = False
+  num_classes: int | None = None
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool) -> dict[str, jax.Array]:
+    """Maps images [B, H, W, 3] to feature maps.
+
+    Returns:
+      {'stem': [B, H/4, W/4, width], 'layer1': [B, H/4, W/4, e*width],
+       'layer2': [B, H/8, W/8, 2*e*width], 'layer3': [B, H/16, W/16, 4*e*width],
+       'layer4': [B, H/32, W/32, 8*e*width]} with e the block's expansion
+      (1 or 4), plus 'logits' [B, num_classes] when num_classes is set.
+    """
+    x = x.astype(self.dtype)
+    x = nn.Conv(self.width, (7, 7), (2, 2), padding=((3, 3), (3, 3)),
+                use_bias=False, kernel_init=conv_kernel_init, dtype=self.dtype,
+                param_dtype=self.param_dtype, name='conv1')(x)
+    x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
+                     dtype=self.dtype, param_dtype=self.param_dtype, name='bn1')(x)
+    x = nn.relu(x)
+    x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+    features = {'stem': x}
+    for i, (stage_name, num_blocks) in enumerate(zip(STAGE_NAMES, self.stage_sizes)):
+      x = ResNetStage(
+          self.block_cls, num_blocks, features=self.width * 2**i,
+          strides=1 if i == 0 else 2,
+          zero_init_residual=self.zero_init_residual, dtype=self.dtype,
+          param_dtype=self.param_dtype, name=stage_name)(x, train)
+      features[stage_name] = x
+    if self.num_classes is not None:
+      pooled = jnp.mean(x.astype(jnp.float32), axis=(1, 2))
+      features['logits'] = nn.Dense(
+          self.num_classes, dtype=jnp.float32, param_dtype=self.param_dtype,
+          name='fc')(pooled)
+    return features
+
+
+RESNET_VARIANTS = {
+    'resnet18': ((2, 2, 2, 2), BasicBlock),
+    'resnet34': ((3, 4, 6, 3), BasicBlock),
+    'resnet50': ((3, 4, 6, 3), Bottleneck),
+    'resnet101': ((3, 4, 23, 3), Bottleneck),
+    'resnet152': ((3, 8, 36, 3), Bottleneck),
+}
+
+
+def create_resnet(variant: str, **kwargs) -> ResNet:
+  """ResNet by torchvision name ('resnet18' ... 'resnet152')."""
+  if variant not in RESNET_VARIANTS:
+    raise ValueError(f'Unknown backbone {variant!r} (config.model.backbone); '
+                     f'expected one of {sorted(RESNET_VARIANTS)}.')
+  stage_sizes, block_cls = RESNET_VARIANTS[variant]
+  return ResNet(stage_sizes=stage_sizes, block_cls=block_cls, **kwargs)
+

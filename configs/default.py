@@ -1,0 +1,100 @@
+"""Demo: CLAN on the built-in synthetic fine-grained dataset, a few minutes on a CPU.
+
+  python train.py                                   # this config
+  python train.py --config=configs/default.py --config.model.use_clsa=False
+"""
+import ml_collections
+
+
+def get_model_config() -> ml_collections.ConfigDict:
+  """CLAN model fields. Every field marked 'choice' is not fixed by the paper."""
+  m = ml_collections.ConfigDict()
+  m.backbone = 'resnet50'  # resnet18 | resnet34 | resnet50 | resnet101 | resnet152
+  # Channels of the stem; torchvision's is 64. Smaller values give tiny test models.
+  m.backbone_width = 64
+  # Zero-init the last BatchNorm scale of every residual block (torchvision: off).
+  m.zero_init_residual = False
+  # Backbone stages whose outputs are the mid-level maps L_s ("2-scale": layer2, layer3).
+  m.mid_level_taps = ('layer2', 'layer3')
+  # Ablation switches: both off = plain backbone with one classifier on L_N.
+  m.use_clca = True
+  m.use_clsa = True
+
+  m.clca = ml_collections.ConfigDict()
+  m.clca.normalization = 'softmax'  # choice: softmax over keys | mean (divide by H_s*W_s)
+  m.clca.inner_ratio = 0.5  # choice: inner width = C_s * inner_ratio
+  m.clca.upsample = 'bilinear'  # choice: bilinear | nearest
+  m.clca.scaled = False  # choice: False = non-local (no 1/sqrt(d)); True = scaled dot product
+  m.clca.attention_impl = 'fused'  # fused (jax.nn.dot_product_attention) | reference
+  m.clca.zero_init = True  # choice: BatchNorm after W_y with scale 0, so CLCA starts as identity
+
+  m.clsa = ml_collections.ConfigDict()
+  m.clsa.kernel_size = 7  # choice
+  m.clsa.downsample = 'avg'  # choice: avg | max | bilinear
+  m.clsa.residual = False  # choice: False -> L_N * R(M_s); True -> L_N + L_N * R(M_s)
+
+  m.refined_top_merge = 'concat'  # choice: concat | sum, joins the per-scale CLSA outputs
+  m.combine = 'mean_softmax'  # choice: mean_softmax | sum_logits, the final prediction
+  m.dtype = 'float32'  # compute dtype (bfloat16 on accelerators)
+  m.param_dtype = 'float32'
+  return m
+
+
+def get_config() -> ml_collections.ConfigDict:
+  config = ml_collections.ConfigDict()
+  config.seed = 0
+
+  # --- Data ---
+  config.dataset = 'clan_synthetic'  # a TFDS name
+  config.data_dir = ml_collections.FieldReference(None, field_type=str)  # None: TFDS default
+  config.train_split = 'train'
+  config.eval_split = 'test'
+  # The synthetic dataset's size; ignored for other datasets.
+  config.synthetic = ml_collections.ConfigDict()
+  config.synthetic.num_classes = 10
+  config.synthetic.train_per_class = 60
+  config.synthetic.test_per_class = 20
+  config.synthetic.image_size = 72
+  config.synthetic.seed = 0
+  config.resize_size = 72  # shorter side before the crop
+  config.image_size = 64  # crop fed to the model
+  config.shuffle_buffer_size = 2048
+  config.cache = True  # cache decoded examples in memory
+  config.batch_size = 32  # global, over all devices and processes
+  config.eval_batch_size = 64
+  config.prefetch_batches = 2
+
+  # --- Model ---
+  config.model = get_model_config()
+  config.model.backbone = 'resnet18'
+  config.model.backbone_width = 16
+  config.model.zero_init_residual = True
+  config.model.clca.inner_ratio = 0.5
+
+  # --- Loss and optimisation ---
+  # Per-branch loss weights; a branch not listed weighs 1. Branch names: the
+  # mid-level taps (e.g. 'layer2'), 'top' (L_N) and 'refined' (the CLSA map).
+  config.branch_weights = ml_collections.ConfigDict({'top': 1.0, 'refined': 1.0})
+  config.label_smoothing = 0.0
+  config.num_epochs = 20.0
+  config.num_train_steps = -1  # > 0 overrides num_epochs
+  config.learning_rate = 0.1  # backbone's peak learning rate
+  config.new_layers_lr_multiplier = 1.0  # CLCA, CLSA, heads: lr = multiplier * learning_rate
+  config.warmup_epochs = 1.0
+  config.momentum = 0.9
+  config.nesterov = False
+  config.weight_decay = 5e-4
+  config.weight_decay_mode = 'l2'  # l2 (added to the gradient, as torch.optim.SGD) | decoupled
+  config.grad_clip_norm = 0.0  # 0 disables clipping
+  config.grad_accum_steps = 1
+
+  # --- Devices ---
+  config.mesh = ml_collections.ConfigDict()
+  config.mesh.data = -1  # devices on the data axis; -1 = all
+
+  # --- Logging, evaluation, checkpoints ---
+  config.log_every_steps = 10
+  config.eval_every_epochs = 5.0
+  config.checkpoint_every_steps = 100
+  config.keep_checkpoints = 2
+  return config

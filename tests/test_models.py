@@ -1,0 +1,224 @@
+"""Shapes, equations and switches of the ResNet backbone, CLCA, CLSA and CLAN."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from clan_jax import models
+from clan_jax.models import attention
+from configs import default
+
+# torchvision's parameter counts (weights and biases, BatchNorm running stats
+# excluded) with the 1000-class `fc` head.
+TORCHVISION_PARAM_COUNTS = {
+    'resnet18': 11_689_512,
+    'resnet34': 21_797_672,
+    'resnet50': 25_557_032,
+    'resnet101': 44_549_160,
+    'resnet152': 60_192_808,
+}
+
+
+def _count(tree) -> int:
+  return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(tree))
+
+
+@pytest.mark.parametrize('variant', sorted(TORCHVISION_PARAM_COUNTS))
+def test_resnet_matches_torchvision_layout(variant):
+  resnet = models.create_resnet(variant, num_classes=1000)
+  images = jax.ShapeDtypeStruct((2, 448, 448, 3), jnp.float32)
+  variables = jax.eval_shape(lambda x: resnet.init(jax.random.key(0), x, train=False),
+                             images)
+  assert _count(variables['params']) == TORCHVISION_PARAM_COUNTS[variant]
+  features = jax.eval_shape(lambda v, x: resnet.apply(v, x, train=False),
+                            variables, images)
+  e = 4 if variant in ('resnet50', 'resnet101', 'resnet152') else 1
+  assert features['layer1'].shape == (2, 112, 112, 64 * e)
+  assert features['layer2'].shape == (2, 56, 56, 128 * e)
+  assert features['layer3'].shape == (2, 28, 28, 256 * e)
+  assert features['layer4'].shape == (2, 14, 14, 512 * e)
+  assert features['logits'].shape == (2, 1000)
+  # torchvision state-dict keys map one to one, e.g. layer2.0.downsample.0.weight.
+  assert 'downsample_conv' in variables['params']['layer2']['0']
+  assert 'downsample_conv' not in variables['params']['layer2']['1']
+
+
+def _clca_inputs(key, batch=2, mid_hw=8, top_hw=4, mid_c=12, top_c=20):
+  k1, k2 = jax.random.split(key)
+  mid = jax.random.normal(k1, (batch, mid_hw, mid_hw, mid_c))
+  top = jax.random.normal(k2, (batch, top_hw, top_hw, top_c))
+  return mid, top
+
+
+def _randomize(variables, key):
+  """Random values for every leaf (BatchNorm variances kept positive)."""
+  leaves, treedef = jax.tree.flatten(variables)
+  keys = jax.random.split(key, len(leaves))
+  return jax.tree.unflatten(
+      treedef, [jnp.abs(jax.random.normal(k, x.shape)) + 0.5 for k, x in zip(keys, leaves)])
+
+
+def _clca_by_the_figure(params, stats, mid, top, normalization, eps=1e-5):
+  """Figure 2 step by step in float64 numpy, Up *before* W_g as drawn."""
+  mid, top = np.asarray(mid, np.float64), np.asarray(top, np.float64)
+  b, h, w, c = mid.shape
+  conv = lambda x, name: (x @ np.asarray(params[name]['kernel'][0, 0], np.float64)
+                          + np.asarray(params[name]['bias'], np.float64))
+  up = np.asarray(jax.image.resize(top, (b, h, w, top.shape[-1]), 'bilinear'), np.float64)
+  f = conv(up, 'w_g') + conv(mid, 'w_l')
+  theta = conv(f, 'w_theta').reshape(b, h * w, -1)
+  phi = conv(f, 'w_phi').reshape(b, h * w, -1)
+  value = conv(mid, 'w_k').reshape(b, h * w, -1)
+  affinity = theta @ phi.transpose(0, 2, 1)
+  if normalization == 'softmax':
+    affinity = np.exp(affinity - affinity.max(-1, keepdims=True))
+    affinity /= affinity.sum(-1, keepdims=True)
+  else:
+    affinity /= h * w
+  y = conv((affinity @ value).reshape(b, h, w, -1), 'w_y')
+  bn = params['bn_y']
+  y = ((y - np.asarray(stats['bn_y']['mean'])) / np.sqrt(np.asarray(stats['bn_y']['var']) + eps)
+       * np.asarray(bn['scale']) + np.asarray(bn['bias']))
+  return mid + y
+
+
+@pytest.mark.parametrize('normalization', ['softmax', 'mean'])
+@pytest.mark.parametrize('impl', ['fused', 'reference'])
+def test_clca_equals_the_figure(normalization, impl):
+  mid, top = _clca_inputs(jax.random.key(0))
+  clca = models.CLCA(normalization=normalization, attention_impl=impl)
+  variables = _randomize(clca.init(jax.random.key(1), mid, top, train=False),
+                         jax.random.key(2))
+  # Small weights keep the softmax away from one-hot, so it is really tested.
+  variables = jax.tree.map(lambda x: x * 0.3, variables)
+  with jax.default_matmul_precision('highest'):
+    out = clca.apply(variables, mid, top, train=False)
+  expected = _clca_by_the_figure(variables['params'], variables['batch_stats'], mid, top,
+                                 normalization)
+  assert out.shape == mid.shape
+  np.testing.assert_allclose(out, expected, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize('normalization', ['softmax', 'mean'])
+@pytest.mark.parametrize('scaled', [False, True])
+def test_fused_and_reference_attention_agree(normalization, scaled):
+  q, k, v = jax.random.normal(jax.random.key(0), (3, 2, 49, 16))
+  run = lambda impl: attention.spatial_attention(
+      q, k, v, normalization=normalization, scaled=scaled, implementation=impl)
+  with jax.default_matmul_precision('highest'):
+    np.testing.assert_allclose(run('fused'), run('reference'), rtol=1e-5, atol=1e-5)
+
+
+def test_clca_starts_as_identity():
+  mid, top = _clca_inputs(jax.random.key(0))
+  clca = models.CLCA()
+  variables = clca.init(jax.random.key(1), mid, top, train=False)
+  out, _ = clca.apply(variables, mid, top, train=True, mutable=['batch_stats'])
+  np.testing.assert_array_equal(out, mid)
+
+
+def test_clsa_applies_the_downsampled_map_to_the_top_map():
+  mid, top = _clca_inputs(jax.random.key(0))
+  for residual in (False, True):
+    clsa = models.CLSA(residual=residual)
+    variables = clsa.init(jax.random.key(1), mid, top)
+    out, state = clsa.apply(variables, mid, top, mutable=['intermediates'])
+    (attention_map,) = state['intermediates']['attention']
+    assert attention_map.shape == (2, 8, 8, 1)
+    assert jnp.all((attention_map > 0) & (attention_map < 1))
+    # avg pooling 8x8 -> 4x4 is the mean over 2x2 windows.
+    pooled = attention_map.reshape(2, 4, 2, 4, 2, 1).mean(axis=(2, 4))
+    expected = top * pooled + (top if residual else 0)
+    np.testing.assert_allclose(out, expected, rtol=1e-6)
+
+
+def test_clsa_rejects_indivisible_sizes_with_a_clear_error():
+  mid = jnp.ones((1, 7, 7, 4))
+  top = jnp.ones((1, 4, 4, 4))
+  with pytest.raises(ValueError, match='config.image_size'):
+    models.CLSA().init(jax.random.key(0), mid, top)
+
+
+def _tiny_model_config(**switches):
+  m = default.get_model_config()
+  m.backbone, m.backbone_width = 'resnet18', 4
+  m.update(switches)
+  return m
+
+
+@pytest.mark.parametrize('merge', ['concat', 'sum'])
+@pytest.mark.parametrize('combine', ['mean_softmax', 'sum_logits'])
+def test_clan_outputs(merge, combine):
+  model = models.create_model(
+      _tiny_model_config(refined_top_merge=merge, combine=combine), num_classes=5)
+  images = jax.random.normal(jax.random.key(0), (3, 64, 64, 3))
+  variables = model.init(jax.random.key(1), images, train=False)
+  outputs = model.apply(variables, images, train=False)
+  assert set(outputs['branches']) == {'layer2', 'layer3', 'top', 'refined'}
+  for logits in outputs['branches'].values():
+    assert logits.shape == (3, 5) and logits.dtype == jnp.float32
+  assert outputs['combined'].shape == (3, 5)
+  stacked = jnp.stack(list(outputs['branches'].values()))
+  expected = (jax.nn.softmax(stacked).mean(0) if combine == 'mean_softmax'
+              else stacked.sum(0))
+  np.testing.assert_allclose(outputs['combined'], expected, rtol=1e-6)
+  # The refined map's head sees both scales' channels when concatenated.
+  head_inputs = variables['params']['head_refined']['fc']['kernel'].shape[0]
+  assert head_inputs == (2 if merge == 'concat' else 1) * 8 * 4
+
+
+@pytest.mark.parametrize('use_clca,use_clsa,expected_modules', [
+    (False, False, {'backbone', 'head_top'}),
+    (True, False, {'backbone', 'clca_layer2', 'clca_layer3', 'head_layer2',
+                   'head_layer3', 'head_top'}),
+    (False, True, {'backbone', 'clsa_layer2', 'clsa_layer3', 'head_top',
+                   'head_refined'}),
+    (True, True, {'backbone', 'clca_layer2', 'clca_layer3', 'clsa_layer2',
+                  'clsa_layer3', 'head_layer2', 'head_layer3', 'head_top',
+                  'head_refined'}),
+])
+def test_ablation_switches_change_the_parameter_tree(use_clca, use_clsa, expected_modules):
+  config = _tiny_model_config(use_clca=use_clca, use_clsa=use_clsa)
+  model = models.create_model(config, num_classes=3)
+  images = jnp.zeros((1, 64, 64, 3))
+  variables = jax.eval_shape(lambda x: model.init(jax.random.key(0), x, train=False),
+                             images)
+  assert set(variables['params']) == expected_modules
+  outputs = jax.eval_shape(lambda v, x: model.apply(v, x, train=False), variables, images)
+  assert tuple(sorted(outputs['branches'])) == tuple(sorted(
+      models.branch_names(config.mid_level_taps, use_clca, use_clsa)))
+
+
+def test_three_scale_taps():
+  config = _tiny_model_config(mid_level_taps=('layer1', 'layer2', 'layer3'))
+  model = models.create_model(config, num_classes=3)
+  variables = jax.eval_shape(
+      lambda x: model.init(jax.random.key(0), x, train=False), jnp.zeros((1, 64, 64, 3)))
+  assert {'clca_layer1', 'clsa_layer1', 'head_layer1'} <= set(variables['params'])
+
+
+def test_bfloat16_compute_keeps_float32_params_statistics_and_logits():
+  model = models.create_model(_tiny_model_config(dtype='bfloat16'), num_classes=3)
+  images = jnp.ones((2, 64, 64, 3))
+  variables = model.init(jax.random.key(0), images, train=False)
+  assert {x.dtype for x in jax.tree.leaves(variables)} == {jnp.dtype('float32')}
+  outputs, updates = model.apply(variables, images, train=True, mutable=['batch_stats'])
+  assert {x.dtype for x in jax.tree.leaves(updates)} == {jnp.dtype('float32')}
+  assert outputs['combined'].dtype == jnp.float32
+
+
+@pytest.mark.parametrize('field,value', [
+    ('backbone', 'resnet51'), ('mid_level_taps', ('layer4',)),
+    ('clca.normalization', 'sigmoid'), ('clsa.kernel_size', 4),
+    ('refined_top_merge', 'max'), ('combine', 'vote'), ('dtype', 'int8'),
+])
+def test_bad_model_fields_are_named(field, value):
+  config = _tiny_model_config()
+  if '.' in field:
+    block, name = field.split('.')
+    config[block][name] = value
+  else:
+    config[field] = value
+  with pytest.raises(ValueError, match=f'config.model.{field}'):
+    models.create_model(config, num_classes=3)
+
