@@ -1,0 +1,44 @@
+"""Orbax checkpoints of the train state: the only module that calls orbax.
+
+Saves are asynchronous and atomic (orbax writes to a temporary directory and
+renames it when complete), so an interrupted or failed save never replaces a
+good checkpoint.
+"""
+import os
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+
+
+class Checkpointer:
+  """Periodic, keep-N checkpoints of a train state in `directory`."""
+
+  def __init__(self, directory: str, *, save_every_steps: int, max_to_keep: int):
+    self._manager = ocp.CheckpointManager(
+        os.path.abspath(directory),
+        options=ocp.CheckpointManagerOptions(
+            save_interval_steps=save_every_steps, max_to_keep=max_to_keep,
+            create=True, enable_async_checkpointing=True))
+
+  def latest_step(self) -> int | None:
+    return self._manager.latest_step()
+
+  def save(self, step: int, state: Any, *, force: bool = False) -> bool:
+    """Saves if `step` is on the save interval (always when `force`)."""
+    return self._manager.save(step, args=ocp.args.StandardSave(state), force=force)
+
+  def restore(self, target: Any, step: int | None = None) -> Any:
+    """Restores `step` (default: the latest) with the shapes, dtypes and shardings of `target`."""
+    step = self.latest_step() if step is None else step
+    if step is None:
+      raise FileNotFoundError(f'No checkpoint in {self._manager.directory}.')
+    abstract = jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), target)
+    return self._manager.restore(step, args=ocp.args.StandardRestore(abstract))
+
+  def wait_until_finished(self) -> None:
+    self._manager.wait_until_finished()
+
+  def close(self) -> None:
+    self._manager.close()

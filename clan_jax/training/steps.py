@@ -1,0 +1,97 @@
+"""The train and eval steps: pure functions of (state, batch), compiled with jax.jit."""
+from collections.abc import Mapping, Sequence
+import functools
+
+from clu import metrics
+import jax
+import jax.numpy as jnp
+from jax.sharding import Mesh
+import optax
+
+from clan_jax import sharding
+from clan_jax.training.losses import clan_loss, cross_entropy
+from clan_jax.training.train_state import TrainState
+
+COMBINED = 'combined'
+
+
+def train_metrics_collection(branches: Sequence[str]) -> type[metrics.Collection]:
+  """Train metrics: the loss, each branch's loss, the combined top-1 and the lr."""
+  return metrics.Collection.create(
+      loss=metrics.Average.from_output('loss'),
+      accuracy=metrics.Average.from_output('accuracy'),
+      learning_rate=metrics.LastValue.from_output('learning_rate'),
+      **{f'loss_{b}': metrics.Average.from_output(f'loss_{b}') for b in branches})
+
+
+def eval_metrics_collection(branches: Sequence[str]) -> type[metrics.Collection]:
+  """Eval metrics: top-1 and top-5 of each branch and of the combination, and the loss.
+
+  Each is a masked average, so its `count` is the number of real examples seen.
+  """
+  names = [f'{k}_{b}' for b in (*branches, COMBINED) for k in ('top1', 'top5')]
+  return metrics.Collection.create(
+      loss=metrics.Average.from_output('loss'),
+      **{name: metrics.Average.from_output(name) for name in names})
+
+
+def topk_correct(scores: jax.Array, labels: jax.Array, k: int) -> jax.Array:
+  """1.0 where the label is among the `k` highest scores: [B, K], [B] -> [B]."""
+  k = min(k, scores.shape[-1])
+  _, top = jax.lax.top_k(scores, k)
+  return jnp.any(top == labels[:, None], axis=-1).astype(jnp.float32)
+
+
+def train_step(state: TrainState, batch: Mapping[str, jax.Array], *,
+               branch_weights: Mapping[str, float], label_smoothing: float,
+               learning_rate_fn: optax.Schedule, grad_accum_steps: int,
+               metrics_cls: type[metrics.Collection]):
+  """One optimisation step on a global batch {'image': [B, H, W, 3], 'label': [B]}."""
+  def loss_fn(params):
+    outputs, updates = state.apply_fn(
+        {'params': params, 'batch_stats': state.batch_stats}, batch['image'],
+        train=True, mutable=['batch_stats'])
+    loss, branch_losses = clan_loss(outputs['branches'], batch['label'],
+                                    branch_weights=branch_weights,
+                                    label_smoothing=label_smoothing)
+    return loss, (outputs['combined'], updates['batch_stats'], branch_losses)
+
+  (loss, (combined, batch_stats, branch_losses)), grads = jax.value_and_grad(
+      loss_fn, has_aux=True)(state.params)
+  new_state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
+  step_metrics = metrics_cls.single_from_model_output(
+      loss=loss,
+      accuracy=topk_correct(combined, batch['label'], 1),
+      learning_rate=learning_rate_fn(state.step // grad_accum_steps),
+      **{f'loss_{b}': v for b, v in branch_losses.items()})
+  return new_state, step_metrics
+
+
+def eval_step(state: TrainState, batch: Mapping[str, jax.Array], *,
+              metrics_cls: type[metrics.Collection]):
+  """Metrics of a padded global batch; examples with batch['mask'] == 0 count for nothing."""
+  outputs = state.apply_fn({'params': state.params, 'batch_stats': state.batch_stats},
+                           batch['image'], train=False)
+  labels = batch['label']
+  scores = {**outputs['branches'], COMBINED: outputs['combined']}
+  correct = {f'top{k}_{name}': topk_correct(s, labels, k)
+             for name, s in scores.items() for k in (1, 5)}
+  loss = sum(cross_entropy(logits, labels) for logits in outputs['branches'].values())
+  return metrics_cls.single_from_model_output(loss=loss, mask=batch['mask'], **correct)
+
+
+def jit_train_step(mesh: Mesh, state_sharding, **step_kwargs):
+  """`train_step` compiled over `mesh`: batch split on the data axis, state donated."""
+  return jax.jit(
+      functools.partial(train_step, **step_kwargs),
+      in_shardings=(state_sharding, sharding.batch_sharding(mesh)),
+      out_shardings=(state_sharding, sharding.replicated(mesh)),
+      donate_argnums=0)
+
+
+def jit_eval_step(mesh: Mesh, state_sharding, **step_kwargs):
+  """`eval_step` compiled over `mesh`."""
+  return jax.jit(
+      functools.partial(eval_step, **step_kwargs),
+      in_shardings=(state_sharding, sharding.batch_sharding(mesh)),
+      out_shardings=sharding.replicated(mesh))

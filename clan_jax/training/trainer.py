@@ -1,0 +1,165 @@
+"""train_and_evaluate: from a config to a trained, checkpointed, evaluated CLAN."""
+from collections.abc import Callable
+import math
+import os
+from typing import Any
+
+from absl import logging
+from clu import metric_writers, periodic_actions
+import jax
+import ml_collections
+import numpy as np
+import tensorflow as tf
+
+from clan_jax import checkpointing, models, sharding
+from clan_jax.data import input_pipeline
+from clan_jax.training import optimizer, steps
+from clan_jax.training.train_state import TrainState, create_train_state
+
+
+def validate_config(config: ml_collections.ConfigDict) -> None:
+  """Raises a ValueError naming the first bad field, before any data or compile work."""
+  models.validate_model_config(config.model)
+  branches = models.branch_names(config.model.mid_level_taps, config.model.use_clca,
+                                 config.model.use_clsa)
+  unknown = sorted(set(config.branch_weights) - set(branches))
+  if unknown:
+    raise ValueError(f'config.branch_weights has {unknown}, which are not branches of '
+                     f'this model; its branches are {list(branches)}.')
+  if config.num_train_steps <= 0 and config.num_epochs <= 0:
+    raise ValueError('Set config.num_train_steps or config.num_epochs to a positive value.')
+  if config.grad_accum_steps < 1:
+    raise ValueError(f'config.grad_accum_steps={config.grad_accum_steps} must be >= 1.')
+  for field in ('log_every_steps', 'checkpoint_every_steps', 'keep_checkpoints'):
+    if config[field] < 1:
+      raise ValueError(f'config.{field}={config[field]} must be >= 1.')
+
+
+def evaluate(eval_step: Callable, state: TrainState, batches, metrics_cls
+             ) -> dict[str, float]:
+  """Runs `eval_step` over every (padded) global batch; returns the computed metrics.
+
+  Also returns 'num_examples', the number of real (unmasked) examples seen.
+  """
+  collected = metrics_cls.empty()
+  for batch in batches:
+    collected = collected.merge(eval_step(state, batch))
+  results = {k: float(v) for k, v in collected.compute().items()}
+  results['num_examples'] = int(collected.loss.count)
+  return results
+
+
+def _total_steps(config: ml_collections.ConfigDict, steps_per_epoch: int) -> int:
+  if config.num_train_steps > 0:
+    return config.num_train_steps
+  return max(1, int(math.ceil(config.num_epochs * steps_per_epoch)))
+
+
+def _format(results: dict[str, Any], keys: list[str]) -> str:
+  return ', '.join(f'{k}={results[k]:.4f}' for k in keys)
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
+  """Trains (or resumes training) in `workdir`, then evaluates on config.eval_split.
+
+  Checkpoints go to `workdir/checkpoints`, TensorBoard event files to `workdir`,
+  and the config to `workdir/config.json`. Returns the final eval metrics.
+  """
+  validate_config(config)
+  # TensorFlow only feeds data: it must not take accelerator memory.
+  tf.config.set_visible_devices([], 'GPU')
+  mesh = sharding.create_mesh(config.mesh)
+  sharding.check_batch_size(config.batch_size, mesh, 'batch_size')
+  sharding.check_batch_size(config.eval_batch_size, mesh, 'eval_batch_size')
+  if config.batch_size % config.grad_accum_steps:
+    raise ValueError(f'config.batch_size={config.batch_size} is not divisible by '
+                     f'config.grad_accum_steps={config.grad_accum_steps}.')
+
+  builder = input_pipeline.get_dataset_builder(config)
+  num_classes = input_pipeline.num_classes(builder)
+  steps_per_epoch = input_pipeline.num_examples(builder, config.train_split) // config.batch_size
+  if steps_per_epoch < 1:
+    raise ValueError(f'config.batch_size={config.batch_size} is larger than the '
+                     f"'{config.train_split}' split of {config.dataset}.")
+  total_steps = _total_steps(config, steps_per_epoch)
+  eval_every = max(1, int(config.eval_every_epochs * steps_per_epoch))
+
+  model = models.create_model(config.model, num_classes)
+  branches = models.branch_names(config.model.mid_level_taps, config.model.use_clca,
+                                 config.model.use_clsa)
+  tx, learning_rate_fn = optimizer.create_optimizer(config, steps_per_epoch, total_steps)
+  state = create_train_state(model, tx, jax.random.key(config.seed), config.image_size, mesh)
+  state_sharding = sharding.state_sharding(mesh, state)
+
+  checkpointer = checkpointing.Checkpointer(
+      os.path.join(workdir, 'checkpoints'),
+      save_every_steps=config.checkpoint_every_steps,
+      max_to_keep=config.keep_checkpoints)
+  if checkpointer.latest_step() is not None:
+    state = checkpointer.restore(state)
+    logging.info('Resumed from %s at step %d.', workdir, int(state.step))
+  start_step = int(state.step)
+  if jax.process_index() == 0:
+    tf.io.gfile.makedirs(workdir)
+    with tf.io.gfile.GFile(os.path.join(workdir, 'config.json'), 'w') as f:
+      f.write(config.to_json_best_effort(indent=2))
+
+  train_metrics_cls = steps.train_metrics_collection(branches)
+  eval_metrics_cls = steps.eval_metrics_collection(branches)
+  train_step = steps.jit_train_step(
+      mesh, state_sharding,
+      branch_weights=dict(config.branch_weights),
+      label_smoothing=config.label_smoothing, learning_rate_fn=learning_rate_fn,
+      grad_accum_steps=config.grad_accum_steps, metrics_cls=train_metrics_cls)
+  eval_step = steps.jit_eval_step(mesh, state_sharding, metrics_cls=eval_metrics_cls)
+
+  def run_eval() -> dict[str, float]:
+    eval_ds, _ = input_pipeline.create_eval_dataset(config, builder, config.eval_split)
+    batches = sharding.to_global_batches(input_pipeline.as_numpy(eval_ds),
+                                         sharding.batch_sharding(mesh))
+    return evaluate(eval_step, state, batches, eval_metrics_cls)
+
+  writer = metric_writers.create_default_writer(
+      workdir, just_logging=jax.process_index() > 0)
+  writer.write_hparams({k: v for k, v in config.items()
+                        if isinstance(v, (int, float, str, bool))})
+  logging.info('%s: %d classes, %d steps of %d images (%d per epoch), branches %s, '
+               '%d devices.', config.dataset, num_classes, total_steps,
+               config.batch_size, steps_per_epoch, list(branches), mesh.size)
+
+  if start_step < total_steps:
+    # A resumed run draws a fresh, still deterministic, input order.
+    train_ds = input_pipeline.create_train_dataset(
+        config, builder, seed=int(np.random.SeedSequence([config.seed, start_step])
+                                  .generate_state(1)[0]))
+    train_batches = sharding.to_global_batches(
+        input_pipeline.as_numpy(train_ds), sharding.batch_sharding(mesh),
+        config.prefetch_batches)
+    report_progress = periodic_actions.ReportProgress(
+        num_train_steps=total_steps, writer=writer)
+    train_metrics = train_metrics_cls.empty()
+    for step in range(start_step + 1, total_steps + 1):
+      with jax.profiler.StepTraceAnnotation('train', step_num=step):
+        state, step_metrics = train_step(state, next(train_batches))
+      train_metrics = train_metrics.merge(step_metrics)
+      report_progress(step)
+      if step % config.log_every_steps == 0 or step == total_steps:
+        train_results = train_metrics.compute()
+        writer.write_scalars(step, {f'train/{k}': v for k, v in train_results.items()})
+        train_metrics = train_metrics_cls.empty()
+      # The last step always evaluates, so `eval_results` ends as the final one.
+      if step % eval_every == 0 or step == total_steps:
+        with report_progress.timed('eval'):
+          eval_results = run_eval()
+        writer.write_scalars(step, {f'eval/{k}': v for k, v in eval_results.items()})
+        logging.info('eval at step %d: %s', step,
+                     _format(eval_results, ['top1_combined', 'top5_combined', 'loss']))
+      checkpointer.save(step, state, force=step == total_steps)
+    checkpointer.wait_until_finished()
+  else:
+    logging.info('Workdir %s already holds the final step %d: evaluating only.',
+                 workdir, total_steps)
+    eval_results = run_eval()
+  writer.flush()
+  checkpointer.close()
+  return eval_results

@@ -1,0 +1,226 @@
+"""The loss, optimizer, sharded train and eval steps, checkpoints and the training loop."""
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from clan_jax import checkpointing, models, sharding
+from clan_jax.data import input_pipeline
+from clan_jax.training import losses, optimizer, steps, trainer
+from clan_jax.training.train_state import create_train_state
+from configs import test as test_config
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _config(data_dir, **overrides):
+  config = test_config.get_config()
+  config.data_dir = data_dir
+  config.update(overrides)
+  return config
+
+
+def _setup(config, mesh, num_classes=4):
+  model = models.create_model(config.model, num_classes)
+  branches = models.branch_names(config.model.mid_level_taps, config.model.use_clca,
+                                 config.model.use_clsa)
+  tx, lr_fn = optimizer.create_optimizer(config, steps_per_epoch=4, total_steps=100)
+  state = create_train_state(model, tx, jax.random.key(0), config.image_size, mesh)
+  train_step = steps.jit_train_step(
+      mesh, sharding.state_sharding(mesh, state), branch_weights={},
+      label_smoothing=0.0, learning_rate_fn=lr_fn, grad_accum_steps=1,
+      metrics_cls=steps.train_metrics_collection(branches))
+  return state, train_step
+
+
+def _batch(size=16, image_size=32, num_classes=4, seed=0):
+  rng = np.random.default_rng(seed)
+  return {'image': rng.normal(size=(size, image_size, image_size, 3)).astype(np.float32),
+          'label': rng.integers(0, num_classes, size).astype(np.int32)}
+
+
+def _put(batch, mesh):
+  return jax.device_put(batch, sharding.batch_sharding(mesh))
+
+
+def test_loss_is_the_weighted_sum_of_branch_cross_entropies():
+  labels = jnp.array([0, 2])
+  branches = {'a': jnp.array([[2.0, 0.0, 0.0], [0.0, 1.0, 0.0]]),
+              'b': jnp.array([[0.0, 0.0, 0.0], [1.0, 1.0, 1.0]])}
+  total, per_branch = losses.clan_loss(branches, labels, branch_weights={'b': 0.5})
+  ce = lambda logits: float(jnp.mean(optax.softmax_cross_entropy_with_integer_labels(
+      logits, labels)))
+  assert per_branch['a'] == pytest.approx(ce(branches['a']))
+  assert total == pytest.approx(ce(branches['a']) + 0.5 * ce(branches['b']))
+  smoothed, _ = losses.clan_loss(branches, labels, branch_weights={}, label_smoothing=0.1)
+  assert smoothed != pytest.approx(ce(branches['a']) + ce(branches['b']))
+
+
+@pytest.mark.parametrize('mode', ['l2', 'decoupled'])
+def test_new_layers_learn_faster_than_the_backbone(mode):
+  config = _config(None, learning_rate=0.1, new_layers_lr_multiplier=10.0, momentum=0.0,
+                   weight_decay=0.01, weight_decay_mode=mode, warmup_epochs=0.0)
+  tx, lr_fn = optimizer.create_optimizer(config, steps_per_epoch=10, total_steps=1000)
+  params = {'backbone': {'w': jnp.ones(3)}, 'head_top': {'w': jnp.ones(3)}}
+  grads = {'backbone': {'w': jnp.full(3, 2.0)}, 'head_top': {'w': jnp.full(3, 2.0)}}
+  updates, _ = tx.update(grads, tx.init(params), params)
+  lr = float(lr_fn(0))
+  assert lr == pytest.approx(0.1)
+  # Without momentum, l2 and decoupled decay give the same first update.
+  np.testing.assert_allclose(updates['backbone']['w'], -lr * (2.0 + 0.01), rtol=1e-6)
+  np.testing.assert_allclose(updates['head_top']['w'], -10 * lr * (2.0 + 0.01), rtol=1e-6)
+
+
+def test_l2_decay_goes_through_momentum_and_decoupled_does_not():
+  params = {'backbone': {'w': jnp.ones(1)}}
+  grads = {'backbone': {'w': jnp.zeros(1)}}
+  second_updates = {}
+  for mode in ('l2', 'decoupled'):
+    config = _config(None, momentum=0.9, weight_decay=0.1, weight_decay_mode=mode,
+                     warmup_epochs=0.0, learning_rate=1.0)
+    tx, _ = optimizer.create_optimizer(config, steps_per_epoch=10, total_steps=10**6)
+    opt_state = tx.init(params)
+    _, opt_state = tx.update(grads, opt_state, params)
+    updates, _ = tx.update(grads, opt_state, params)
+    second_updates[mode] = float(updates['backbone']['w'][0])
+  assert second_updates['l2'] == pytest.approx(-0.1 * 1.9, rel=1e-4)
+  assert second_updates['decoupled'] == pytest.approx(-0.1, rel=1e-4)
+
+
+def test_gradient_accumulation_updates_every_k_steps():
+  config = _config(None, grad_accum_steps=2, warmup_epochs=0.0)
+  tx, _ = optimizer.create_optimizer(config, steps_per_epoch=10, total_steps=100)
+  params = {'backbone': {'w': jnp.ones(2)}}
+  grads = {'backbone': {'w': jnp.ones(2)}}
+  opt_state = tx.init(params)
+  first, opt_state = tx.update(grads, opt_state, params)
+  second, _ = tx.update(grads, opt_state, params)
+  np.testing.assert_array_equal(first['backbone']['w'], 0.0)
+  assert np.all(np.asarray(second['backbone']['w']) < 0)
+
+
+def test_loss_falls_on_a_tiny_batch():
+  config = _config(None, learning_rate=0.05)
+  mesh = sharding.create_mesh(config.mesh)
+  state, train_step = _setup(config, mesh)
+  batch = _put(_batch(), mesh)
+  losses_seen = []
+  for _ in range(8):
+    state, step_metrics = train_step(state, batch)
+    losses_seen.append(float(step_metrics.compute()['loss']))
+  assert all(b < a for a, b in zip(losses_seen, losses_seen[1:])), losses_seen
+  assert losses_seen[-1] < 0.7 * losses_seen[0], losses_seen
+
+
+def test_eight_devices_match_one_device():
+  config = _config(None)
+  devices = jax.devices()
+  assert len(devices) == 8, 'conftest.py should give 8 simulated devices'
+  batch = _batch(size=16)
+  results = []
+  for num_devices in (1, 8):
+    config.mesh.data = num_devices
+    mesh = sharding.create_mesh(config.mesh)
+    assert mesh.size == num_devices
+    state, train_step = _setup(config, mesh)
+    for _ in range(2):
+      state, step_metrics = train_step(state, _put(batch, mesh))
+    assert state.params['backbone']['conv1']['kernel'].sharding.mesh.size == num_devices
+    results.append((float(step_metrics.compute()['loss']),
+                    jax.device_get((state.params, state.batch_stats))))
+  (loss_1, trees_1), (loss_8, trees_8) = results
+  assert loss_8 == pytest.approx(loss_1, rel=1e-5)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5),
+               trees_1, trees_8)
+
+
+def test_padded_eval_counts_a_13_example_split_exactly(data_dir):
+  config = _config(data_dir, eval_batch_size=8)
+  config.synthetic.num_classes = 13
+  config.synthetic.test_per_class = 1
+  builder = input_pipeline.get_dataset_builder(config)
+  assert input_pipeline.num_examples(builder, 'test') == 13
+  mesh = sharding.create_mesh(config.mesh)
+  model = models.create_model(config.model, 13)
+  tx, _ = optimizer.create_optimizer(config, 4, 100)
+  state = create_train_state(model, tx, jax.random.key(0), config.image_size, mesh)
+  branches = models.branch_names(config.model.mid_level_taps, True, True)
+  metrics_cls = steps.eval_metrics_collection(branches)
+  eval_step = steps.jit_eval_step(mesh, sharding.state_sharding(mesh, state),
+                                  metrics_cls=metrics_cls)
+  eval_ds, num_batches = input_pipeline.create_eval_dataset(config, builder, 'test')
+  assert num_batches == 2
+  local_batches = list(input_pipeline.as_numpy(eval_ds))
+  results = trainer.evaluate(
+      eval_step, state,
+      sharding.to_global_batches(local_batches, sharding.batch_sharding(mesh)), metrics_cls)
+  assert results['num_examples'] == 13
+  # The same accuracy, computed directly from the 13 real examples alone.
+  images = np.concatenate([b['image'][b['mask'] > 0] for b in local_batches])
+  labels = np.concatenate([b['label'][b['mask'] > 0] for b in local_batches])
+  assert len(labels) == 13
+  outputs = model.apply({'params': state.params, 'batch_stats': state.batch_stats},
+                        images, train=False)
+  for name, scores in {**outputs['branches'], 'combined': outputs['combined']}.items():
+    expected = np.mean(np.argmax(scores, -1) == labels)
+    assert results[f'top1_{name}'] == pytest.approx(expected), name
+
+
+def test_checkpoint_round_trip_restores_identical_state(tmp_path):
+  config = _config(None)
+  mesh = sharding.create_mesh(config.mesh)
+  model = models.create_model(config.model, 4)
+  tx, _ = optimizer.create_optimizer(config, 4, 100)
+  state = create_train_state(model, tx, jax.random.key(0), config.image_size, mesh)
+  # Non-trivial values everywhere, including the optimizer's momentum.
+  state = jax.jit(lambda s: jax.tree.map(lambda x: x + jnp.asarray(3, x.dtype), s))(
+      state).replace(step=7)
+  saved = jax.device_get(jax.tree.leaves_with_path(state))
+  checkpointer = checkpointing.Checkpointer(str(tmp_path), save_every_steps=1, max_to_keep=1)
+  assert checkpointer.save(7, state)
+  checkpointer.wait_until_finished()
+  fresh = create_train_state(model, tx, jax.random.key(1), config.image_size, mesh)
+  restored = checkpointer.restore(fresh)
+  assert checkpointer.latest_step() == 7 and int(restored.step) == 7
+  restored_leaves = jax.device_get(jax.tree.leaves_with_path(restored))
+  assert [p for p, _ in restored_leaves] == [p for p, _ in saved]
+  for (path, expected), (_, actual) in zip(saved, restored_leaves):
+    np.testing.assert_array_equal(actual, expected, err_msg=jax.tree_util.keystr(path))
+  leaf = restored.params['backbone']['conv1']['kernel']
+  assert leaf.sharding == fresh.params['backbone']['conv1']['kernel'].sharding
+  checkpointer.close()
+
+
+def test_bad_config_fields_are_named_before_training(data_dir, tmp_path):
+  config = _config(data_dir, branch_weights={'layer9': 1.0})
+  with pytest.raises(ValueError, match='config.branch_weights'):
+    trainer.train_and_evaluate(config, str(tmp_path))
+  config = _config(data_dir, batch_size=12)
+  with pytest.raises(ValueError, match='config.batch_size=12'):
+    trainer.train_and_evaluate(config, str(tmp_path))
+  assert not os.path.exists(tmp_path / 'checkpoints')
+
+
+def test_train_py_trains_then_resumes(data_dir, tmp_path):
+  """The command line end to end; the second run finds the final checkpoint."""
+  command = [sys.executable, 'train.py', '--config=configs/test.py',
+             f'--workdir={tmp_path}', f'--config.data_dir={data_dir}',
+             '--config.num_train_steps=3', '--config.mesh.data=1']
+  first = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
+  assert first.returncode == 0, first.stderr[-3000:]
+  assert 'Test accuracy' in first.stdout
+  assert sorted(os.listdir(tmp_path / 'checkpoints')) == ['2', '3']
+  assert (tmp_path / 'config.json').exists()
+  assert any(f.startswith('events.out.tfevents') for f in os.listdir(tmp_path))
+  second = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
+  assert second.returncode == 0, second.stderr[-3000:]
+  assert 'already holds the final step 3' in second.stderr
+  assert first.stdout.splitlines()[-1] == second.stdout.splitlines()[-1]
+  typo = subprocess.run(command + ['--config.batchsize=4'], cwd=REPO,
+                        capture_output=True, text=True, timeout=600)
+  assert typo.returncode != 0 and 'batchsize' in typo.stderr

@@ -1,0 +1,44 @@
+"""Trains and evaluates CLAN.
+
+  python train.py                                  # demo: synthetic data, CPU, minutes
+  python train.py --config=configs/cub.py --workdir=/tmp/cub --config.batch_size=64
+"""
+import os
+
+from absl import app, flags, logging
+import jax
+from ml_collections import config_flags
+
+from clan_jax.training import trainer
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file(
+    'config', os.path.join(os.path.dirname(__file__), 'configs', 'default.py'),
+    'Training configuration file.', lock_config=True)
+flags.DEFINE_string('workdir', 'workdirs/default',
+                    'Directory for checkpoints, TensorBoard logs and config.json. '
+                    'Training resumes from the latest checkpoint found here.')
+
+
+def _quiet_library_info(record) -> bool:
+  """Keeps orbax's and TFDS's per-save and per-read INFO lines out of the console."""
+  noisy = ('/orbax/', '/tensorflow_datasets/')
+  return record.levelno > logging.converter.STANDARD_INFO or not any(
+      part in record.pathname for part in noisy)
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  logging.get_absl_handler().addFilter(_quiet_library_info)
+  logging.info('JAX %s, process %d/%d, devices: %s', jax.__version__,
+               jax.process_index(), jax.process_count(), jax.devices())
+  results = trainer.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+  if jax.process_index() == 0:
+    print(f"\nTest accuracy (top-1, all branches combined): {results['top1_combined']:.2%} "
+          f"on {results['num_examples']} images.")
+
+
+if __name__ == '__main__':
+  jax.config.config_with_absl()
+  app.run(main)
