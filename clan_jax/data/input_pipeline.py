@@ -1,0 +1,243 @@
+"""Input pipeline: TFDS examples -> per-process batches of numpy arrays.
+
+Every process reads its own disjoint slice of each split (`tfds.even_splits`)
+and yields batches of `global batch size // jax.process_count()` examples; the
+training loop assembles the global batch across processes.
+
+Images of any size, aspect ratio and channel count are decoded to RGB, resized
+so that their shorter side is `config.resize_size`, then cropped to
+`config.image_size`: randomly (plus a random horizontal flip) for training,
+centrally for evaluation. Pixels are normalised with the ImageNet statistics.
+"""
+from collections.abc import Iterator
+import math
+
+import jax
+import ml_collections
+import numpy as np
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+from clan_jax.data import synthetic
+
+# ImageNet statistics on the 0..255 scale.
+MEAN_RGB = (0.485 * 255, 0.456 * 255, 0.406 * 255)
+STDDEV_RGB = (0.229 * 255, 0.224 * 255, 0.225 * 255)
+
+
+def get_dataset_builder(
+    config: ml_collections.ConfigDict) -> tfds.core.DatasetBuilder:
+  """Returns the prepared builder of `config.dataset` in `config.data_dir`.
+
+  The synthetic dataset is generated when missing; any other dataset must
+  already be prepared, as nothing is ever downloaded at run time.
+
+  Raises:
+    ValueError: `config.dataset` is not a TFDS dataset with 'image' and
+      'label' (ClassLabel) features.
+    FileNotFoundError: `config.dataset` is not prepared in `config.data_dir`.
+  """
+  if config.dataset == synthetic.NAME:
+    builder = synthetic.synthetic_builder(config.data_dir, **config.synthetic)
+    if not builder.is_prepared():
+      # Takes seconds. With several processes sharing a data_dir, process 0
+      # alone should prepare it while the others wait at a barrier.
+      builder.download_and_prepare()
+    return builder
+
+  try:
+    builder = tfds.builder(config.dataset, data_dir=config.data_dir)
+  except tfds.core.registered.DatasetNotFoundError as e:
+    raise ValueError(
+        f'config.dataset={config.dataset!r} is not a known TFDS dataset.') from e
+  if not builder.is_prepared():
+    raise FileNotFoundError(
+        f'Dataset {config.dataset!r} (config.dataset) is not prepared in '
+        f'{builder.data_dir_root} (config.data_dir). Datasets are never '
+        'downloaded at run time: prepare it beforehand, e.g. with `tfds build '
+        f'{config.dataset} --data_dir=...`, and point config.data_dir there.')
+  features = builder.info.features
+  if 'image' not in features or not isinstance(
+      features.get('label'), tfds.features.ClassLabel):
+    raise ValueError(
+        f'config.dataset={config.dataset!r} needs an "image" and a "label" '
+        f'(ClassLabel) feature; its features are {list(features.keys())}.')
+  return builder
+
+
+def num_examples(builder: tfds.core.DatasetBuilder, split: str) -> int:
+  """Examples in `split`, which may be a sub-split such as 'train[:90%]'."""
+  return builder.info.splits[split].num_examples
+
+
+def num_classes(builder: tfds.core.DatasetBuilder) -> int:
+  return builder.info.features['label'].num_classes
+
+
+def create_train_dataset(config: ml_collections.ConfigDict,
+                         builder: tfds.core.DatasetBuilder, *,
+                         seed: int) -> tf.data.Dataset:
+  """Infinite, shuffled, augmented training batches of this process.
+
+  The same seed gives the same sequence of batches: shuffling is seeded, and
+  the random crop and flip of the i-th example of the stream are drawn from
+  (seed, process index, i).
+
+  Args:
+    config: the experiment config (train_split, resize_size, image_size,
+      batch_size, cache, shuffle_buffer_size).
+    builder: a prepared builder (see `get_dataset_builder`).
+    seed: the data seed.
+
+  Returns:
+    Batches {'image': float32 [b, image_size, image_size, 3] (normalised),
+    'label': int32 [b]} with b = config.batch_size // jax.process_count().
+  """
+  batch_size = _local_batch_size(config.batch_size, 'config.batch_size')
+  _check_crop_size(config)
+  split = _process_splits(config.train_split)[jax.process_index()]
+  example_seed = tf.constant([seed, jax.process_index()], tf.int64)
+
+  def augment(index: tf.Tensor, example: dict[str, tf.Tensor]):
+    crop_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(
+        tf.random.experimental.stateless_fold_in(example_seed, index), 2))
+    size = config.image_size
+    image = tf.image.stateless_random_crop(example['image'], [size, size, 3],
+                                           crop_seed)
+    image = tf.image.stateless_random_flip_left_right(image, flip_seed)
+    return {'image': _normalize(image), 'label': example['label']}
+
+  ds = _decoded_examples(config, builder, split)
+  ds = ds.shuffle(config.shuffle_buffer_size, seed=seed,
+                  reshuffle_each_iteration=True)
+  ds = ds.repeat().enumerate()
+  ds = ds.map(augment, num_parallel_calls=tf.data.AUTOTUNE)
+  ds = ds.batch(batch_size, drop_remainder=True)
+  return _deterministic(ds.prefetch(tf.data.AUTOTUNE))
+
+
+def create_eval_dataset(config: ml_collections.ConfigDict,
+                        builder: tfds.core.DatasetBuilder,
+                        split: str) -> tuple[tf.data.Dataset, int]:
+  """Evaluation batches of this process: its slice of `split`, each example once.
+
+  The last batches are padded with masked examples, so that all batches have
+  the same shape and every process yields the same number of batches (which
+  jitted multi-process evaluation needs).
+
+  Args:
+    config: the experiment config (resize_size, image_size, eval_batch_size,
+      cache).
+    builder: a prepared builder (see `get_dataset_builder`).
+    split: a split or sub-split, e.g. 'test' or 'train[90%:]'.
+
+  Returns:
+    (dataset, number of batches). Batches are {'image': float32
+    [b, image_size, image_size, 3] (normalised), 'label': int32 [b],
+    'mask': float32 [b] (1 for real examples, 0 for padding)} with
+    b = config.eval_batch_size // jax.process_count().
+  """
+  batch_size = _local_batch_size(config.eval_batch_size,
+                                 'config.eval_batch_size')
+  _check_crop_size(config)
+  splits = _process_splits(split)
+  local_split = splits[jax.process_index()]
+  largest = max(num_examples(builder, s) for s in splits)
+  num_batches = math.ceil(largest / batch_size)
+
+  def preprocess(example: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+    image = _centre_crop(example['image'], config.image_size)
+    return {'image': _normalize(image), 'label': example['label'],
+            'mask': tf.constant(1.0)}
+
+  ds = _decoded_examples(config, builder, local_split)
+  ds = ds.map(preprocess, num_parallel_calls=tf.data.AUTOTUNE)
+  # All zeros, so masked out.
+  padding = tf.nest.map_structure(lambda s: tf.zeros(s.shape, s.dtype),
+                                  ds.element_spec)
+  num_padding = num_batches * batch_size - num_examples(builder, local_split)
+  ds = ds.concatenate(tf.data.Dataset.from_tensors(padding).repeat(num_padding))
+  ds = ds.batch(batch_size, drop_remainder=True)  # a multiple of it by now
+  return _deterministic(ds.prefetch(tf.data.AUTOTUNE)), num_batches
+
+
+def as_numpy(ds: tf.data.Dataset) -> Iterator[dict[str, np.ndarray]]:
+  """Iterates over `ds` as dicts of numpy arrays."""
+  return iter(tfds.as_numpy(ds))
+
+
+def _local_batch_size(global_batch_size: int, field: str) -> int:
+  count = jax.process_count()
+  if global_batch_size % count:
+    raise ValueError(f'{field}={global_batch_size} must be divisible by the '
+                     f'number of processes, {count}.')
+  return global_batch_size // count
+
+
+def _check_crop_size(config: ml_collections.ConfigDict) -> None:
+  if config.resize_size < config.image_size:
+    raise ValueError(
+        f'config.resize_size={config.resize_size} must be at least '
+        f'config.image_size={config.image_size}: images are cropped to '
+        'image_size after their shorter side is resized to resize_size.')
+
+
+def _process_splits(split: str) -> list[tfds.typing.SplitArg]:
+  """The disjoint, near-equal slices of `split`, one per process."""
+  return tfds.even_splits(split, n=jax.process_count())
+
+
+def _decoded_examples(config: ml_collections.ConfigDict,
+                      builder: tfds.core.DatasetBuilder,
+                      split: tfds.typing.SplitArg) -> tf.data.Dataset:
+  """Decoded examples of `split`, in a fixed order, cached if config.cache.
+
+  Resizing is deterministic, so it happens before the cache, which then holds
+  small uint8 images.
+
+  Returns:
+    Examples {'image': uint8 [H, W, 3] with min(H, W) == config.resize_size,
+    'label': int32 []}.
+  """
+  # Our own cache comes after decoding, so TFDS's (of encoded images) is off.
+  ds = builder.as_dataset(split=split, shuffle_files=False,
+                          decoders={'image': tfds.decode.SkipDecoding()},
+                          read_config=tfds.ReadConfig(try_autocache=False))
+
+  def decode(example: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+    return {'image': decode_and_resize(example['image'], config.resize_size),
+            'label': tf.cast(example['label'], tf.int32)}
+
+  ds = ds.map(decode, num_parallel_calls=tf.data.AUTOTUNE)
+  return ds.cache() if config.cache else ds
+
+
+def decode_and_resize(encoded: tf.Tensor, size: int) -> tf.Tensor:
+  """Encoded image (any format, size and channels) -> uint8 RGB [H, W, 3].
+
+  The shorter side becomes `size`; the aspect ratio is kept.
+  """
+  image = tf.io.decode_image(encoded, channels=3, expand_animations=False)
+  shape = tf.cast(tf.shape(image)[:2], tf.float32)
+  new_shape = tf.cast(tf.round(shape * size / tf.reduce_min(shape)), tf.int32)
+  image = tf.image.resize(image, new_shape, antialias=True)
+  return tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8)
+
+
+def _centre_crop(image: tf.Tensor, size: int) -> tf.Tensor:
+  """[H, W, 3] -> [size, size, 3], the central square."""
+  top = (tf.shape(image)[0] - size) // 2
+  left = (tf.shape(image)[1] - size) // 2
+  return tf.ensure_shape(image[top:top + size, left:left + size],
+                         [size, size, 3])
+
+
+def _normalize(image: tf.Tensor) -> tf.Tensor:
+  """uint8 [..., 3] -> float32, zero mean and unit variance on ImageNet."""
+  return (tf.cast(image, tf.float32) - MEAN_RGB) / STDDEV_RGB
+
+
+def _deterministic(ds: tf.data.Dataset) -> tf.data.Dataset:
+  options = tf.data.Options()
+  options.deterministic = True
+  return ds.with_options(options)

@@ -1,0 +1,203 @@
+"""Tests of the synthetic dataset and the input pipeline, on tiny datasets."""
+import pytest
+
+# TensorFlow (Datasets) only feeds the input pipeline: the GPU machines lack it.
+tfds = pytest.importorskip('tensorflow_datasets')
+
+import jax  # pylint: disable=g-import-not-at-top
+import ml_collections
+import numpy as np
+import tensorflow as tf
+
+from clan_jax.data import input_pipeline
+from clan_jax.data import synthetic
+from configs import default
+
+# 13 classes with one test image each: labels identify the test examples.
+TINY = dict(num_classes=13, train_per_class=2, test_per_class=1, image_size=32,
+            seed=0)
+
+
+def _config(data_dir: str) -> ml_collections.ConfigDict:
+  config = default.get_config()
+  config.data_dir = data_dir
+  config.synthetic.update(TINY)
+  config.resize_size = 32
+  config.image_size = 24
+  config.batch_size = 4
+  config.eval_batch_size = 4
+  config.shuffle_buffer_size = 8
+  return config
+
+
+@pytest.fixture(scope='module')
+def data_dir(tmp_path_factory) -> str:
+  return str(tmp_path_factory.mktemp('tensorflow_datasets'))
+
+
+@pytest.fixture(scope='module')
+def builder(data_dir):
+  return input_pipeline.get_dataset_builder(_config(data_dir))
+
+
+@pytest.fixture
+def config(data_dir, builder) -> ml_collections.ConfigDict:
+  del builder  # Only makes sure the dataset is prepared.
+  return _config(data_dir)
+
+
+def _encoded_examples(builder, split: str) -> dict[str, tuple[bytes, int]]:
+  """{id: (PNG bytes, label)} of every example of `split`."""
+  ds = builder.as_dataset(split=split,
+                          decoders={'image': tfds.decode.SkipDecoding()})
+  return {ex['id'].decode(): (ex['image'], int(ex['label']))
+          for ex in tfds.as_numpy(ds)}
+
+
+def _take(ds, count: int) -> list[dict[str, np.ndarray]]:
+  iterator = input_pipeline.as_numpy(ds)
+  return [next(iterator) for _ in range(count)]
+
+
+def _stack(batches: list[dict[str, np.ndarray]], key: str) -> np.ndarray:
+  return np.stack([batch[key] for batch in batches])
+
+
+def test_synthetic_dataset_is_deterministic(tmp_path):
+  sizes = dict(num_classes=3, train_per_class=2, test_per_class=1,
+               image_size=32)
+  builders = [
+      synthetic.synthetic_builder(str(tmp_path / 'a'), **sizes, seed=0),
+      synthetic.synthetic_builder(str(tmp_path / 'b'), **sizes, seed=0),
+      # Shares a data_dir with the first: must not collide with it.
+      synthetic.synthetic_builder(str(tmp_path / 'a'), **sizes, seed=1),
+  ]
+  for builder in builders:
+    builder.download_and_prepare()
+  first, same_seed, other_seed = (_encoded_examples(b, 'train')
+                                  for b in builders)
+  assert first == same_seed
+  assert first.keys() == other_seed.keys()
+  assert all(first[i][0] != other_seed[i][0] for i in first)
+
+
+def test_synthetic_dataset_contents(builder):
+  assert builder.name == synthetic.NAME == 'clan_synthetic'
+  assert input_pipeline.num_examples(builder, 'train') == 26
+  assert input_pipeline.num_examples(builder, 'test') == 13
+  assert input_pipeline.num_classes(builder) == 13
+  label = builder.info.features['label']
+  assert label.names[:2] == ['species_00', 'species_01']
+  for split, per_class in (('train', 2), ('test', 1)):
+    examples = _encoded_examples(builder, split)
+    labels = [label for _, label in examples.values()]
+    assert sorted(labels) == sorted(list(range(13)) * per_class)
+    assert all(i.startswith(split) for i in examples)
+  image = next(iter(tfds.as_numpy(builder.as_dataset(split='test'))))['image']
+  assert image.shape == (32, 32, 3) and image.dtype == np.uint8
+
+
+def test_synthetic_sizes_are_checked(tmp_path):
+  sizes = dict(train_per_class=1, test_per_class=1, image_size=72, seed=0)
+  with pytest.raises(ValueError, match='num_classes=33'):
+    synthetic.synthetic_builder(str(tmp_path), num_classes=33, **sizes)
+  assert synthetic.MAX_CLASSES >= 32
+  assert len({synthetic.species(label)
+              for label in range(synthetic.MAX_CLASSES)}) == 32
+
+
+def test_train_batches(config, builder):
+  # 10 batches of 4 run through the 26 examples more than once.
+  batches = _take(input_pipeline.create_train_dataset(config, builder, seed=0),
+                  10)
+  for batch in batches:
+    assert batch.keys() == {'image', 'label'}
+    assert batch['image'].shape == (4, 24, 24, 3)
+    assert batch['image'].dtype == np.float32
+    assert batch['label'].shape == (4,) and batch['label'].dtype == np.int32
+  images, labels = _stack(batches, 'image'), _stack(batches, 'label')
+  mean = np.array(input_pipeline.MEAN_RGB)
+  std = np.array(input_pipeline.STDDEV_RGB)
+  assert np.all(images >= -mean / std - 1e-5)
+  assert np.all(images <= (255 - mean) / std + 1e-5)
+  assert images.min() < -1 and images.max() > 1  # normalised, not 0..1
+  assert labels.min() >= 0 and labels.max() < 13
+
+  again = _take(input_pipeline.create_train_dataset(config, builder, seed=0),
+                10)
+  np.testing.assert_array_equal(_stack(again, 'image'), images)
+  np.testing.assert_array_equal(_stack(again, 'label'), labels)
+  other = _take(input_pipeline.create_train_dataset(config, builder, seed=1),
+                10)
+  assert not np.array_equal(_stack(other, 'image'), images)
+
+
+def _eval_labels(config, builder) -> tuple[list[int], int, int]:
+  """(labels of the real examples, batches seen, batches announced)."""
+  ds, num_batches = input_pipeline.create_eval_dataset(config, builder, 'test')
+  batch_size = config.eval_batch_size // jax.process_count()
+  labels, seen = [], 0
+  for batch in input_pipeline.as_numpy(ds):
+    assert batch['image'].shape == (batch_size, 24, 24, 3)
+    assert batch['mask'].dtype == np.float32
+    labels += batch['label'][batch['mask'] == 1].tolist()
+    seen += 1
+  return labels, seen, num_batches
+
+
+def test_eval_yields_every_example_once(config, builder):
+  ds, num_batches = input_pipeline.create_eval_dataset(config, builder, 'test')
+  batches = list(input_pipeline.as_numpy(ds))
+  assert num_batches == len(batches) == 4  # ceil(13 / 4), the last one padded
+  masks = np.concatenate([b['mask'] for b in batches])
+  assert masks.sum() == 13 and set(np.unique(masks)) == {0.0, 1.0}
+  labels, _, _ = _eval_labels(config, builder)
+  assert sorted(labels) == list(range(13))  # one test image per class
+
+
+def test_eval_splits_over_processes(config, builder, monkeypatch):
+  monkeypatch.setattr(jax, 'process_count', lambda: 2)
+  results = []
+  for index in range(2):
+    monkeypatch.setattr(jax, 'process_index', lambda index=index: index)
+    results.append(_eval_labels(config, builder))
+  (labels_0, seen_0, num_0), (labels_1, seen_1, num_1) = results
+  # 7 and 6 examples in batches of 2: both processes yield ceil(7 / 2) = 4.
+  assert seen_0 == num_0 == seen_1 == num_1 == 4
+  assert (len(labels_0), len(labels_1)) == (7, 6)
+  assert sorted(labels_0 + labels_1) == list(range(13))
+
+
+def test_batch_size_must_divide_over_processes(config, builder, monkeypatch):
+  monkeypatch.setattr(jax, 'process_count', lambda: 3)
+  with pytest.raises(ValueError, match='config.batch_size=4'):
+    input_pipeline.create_train_dataset(config, builder, seed=0)
+  with pytest.raises(ValueError, match='config.eval_batch_size=4'):
+    input_pipeline.create_eval_dataset(config, builder, 'test')
+
+
+def test_crop_larger_than_resize_is_an_error(config, builder):
+  config.image_size = 40
+  with pytest.raises(ValueError, match='config.resize_size'):
+    input_pipeline.create_train_dataset(config, builder, seed=0)
+
+
+def test_unprepared_dataset_is_an_error(tmp_path):
+  config = _config(str(tmp_path))
+  config.dataset = 'mnist'
+  with pytest.raises(FileNotFoundError, match="'mnist'.* not prepared"):
+    input_pipeline.get_dataset_builder(config)
+  config.dataset = 'no_such_dataset'
+  with pytest.raises(ValueError, match='config.dataset'):
+    input_pipeline.get_dataset_builder(config)
+
+
+@pytest.mark.parametrize('shape, encode, expected', [
+    ((50, 30, 1), tf.io.encode_png, (40, 24, 3)),  # grayscale, portrait
+    ((20, 40, 4), tf.io.encode_png, (24, 48, 3)),  # RGBA, landscape
+    ((24, 24, 3), tf.io.encode_jpeg, (24, 24, 3)),
+])
+def test_decode_and_resize_any_image(shape, encode, expected):
+  pixels = np.random.default_rng(0).integers(0, 256, shape, dtype=np.uint8)
+  image = input_pipeline.decode_and_resize(encode(pixels), 24)
+  assert image.shape == expected and image.dtype == tf.uint8
