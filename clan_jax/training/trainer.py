@@ -66,8 +66,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   and the config to `workdir/config.json`. Returns the final eval metrics.
   """
   validate_config(config)
-  # TensorFlow only feeds data: it must not take accelerator memory.
-  tf.config.set_visible_devices([], 'GPU')
   mesh = sharding.create_mesh(config.mesh)
   sharding.check_batch_size(config.batch_size, mesh, 'batch_size')
   sharding.check_batch_size(config.eval_batch_size, mesh, 'eval_batch_size')
