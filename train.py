@@ -18,6 +18,9 @@ config_flags.DEFINE_config_file(
 flags.DEFINE_string('workdir', 'workdirs/default',
                     'Directory for checkpoints, TensorBoard logs and config.json. '
                     'Training resumes from the latest checkpoint found here.')
+flags.DEFINE_bool('distributed', False,
+                  'Call jax.distributed.initialize() first, for multi-process runs; '
+                  'TPU pods and SLURM detect the cluster themselves.')
 
 
 def _quiet_library_info(record) -> bool:
@@ -31,6 +34,8 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   logging.get_absl_handler().addFilter(_quiet_library_info)
+  if FLAGS.distributed:
+    jax.distributed.initialize()
   logging.info('JAX %s, process %d/%d, devices: %s', jax.__version__,
                jax.process_index(), jax.process_count(), jax.devices())
   results = trainer.train_and_evaluate(FLAGS.config, FLAGS.workdir)

@@ -14,7 +14,8 @@ import orbax.checkpoint as ocp
 class Checkpointer:
   """Periodic, keep-N checkpoints of a train state in `directory`."""
 
-  def __init__(self, directory: str, *, save_every_steps: int, max_to_keep: int):
+  def __init__(self, directory: str, *, save_every_steps: int,
+               max_to_keep: int | None):
     self._manager = ocp.CheckpointManager(
         os.path.abspath(directory),
         options=ocp.CheckpointManagerOptions(
@@ -29,7 +30,10 @@ class Checkpointer:
     return self._manager.save(step, args=ocp.args.StandardSave(state), force=force)
 
   def restore(self, target: Any, step: int | None = None) -> Any:
-    """Restores `step` (default: the latest) with the shapes, dtypes and shardings of `target`."""
+    """Restores `step` (default: the latest) as arrays shaped, typed and sharded like `target`.
+
+    `target` holds arrays or jax.ShapeDtypeStructs with shardings.
+    """
     step = self.latest_step() if step is None else step
     if step is None:
       raise FileNotFoundError(f'No checkpoint in {self._manager.directory}.')

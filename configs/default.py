@@ -51,13 +51,13 @@ def get_config() -> ml_collections.ConfigDict:
   config.eval_split = 'test'
   # The synthetic dataset's size; ignored for other datasets.
   config.synthetic = ml_collections.ConfigDict()
-  config.synthetic.num_classes = 10
+  config.synthetic.num_classes = 32
   config.synthetic.train_per_class = 60
   config.synthetic.test_per_class = 20
-  config.synthetic.image_size = 72
+  config.synthetic.image_size = 144
   config.synthetic.seed = 0
-  config.resize_size = 72  # shorter side before the crop
-  config.image_size = 64  # crop fed to the model
+  config.resize_size = 144  # shorter side before the crop
+  config.image_size = 128  # crop fed to the model
   config.shuffle_buffer_size = 2048
   config.cache = True  # cache decoded examples in memory
   config.batch_size = 32  # global, over all devices and processes
@@ -76,7 +76,7 @@ def get_config() -> ml_collections.ConfigDict:
   # mid-level taps (e.g. 'layer2'), 'top' (L_N) and 'refined' (the CLSA map).
   config.branch_weights = ml_collections.ConfigDict({'top': 1.0, 'refined': 1.0})
   config.label_smoothing = 0.0
-  config.num_epochs = 20.0
+  config.num_epochs = 25.0
   config.num_train_steps = -1  # > 0 overrides num_epochs
   config.learning_rate = 0.1  # backbone's peak learning rate
   config.new_layers_lr_multiplier = 1.0  # CLCA, CLSA, heads: lr = multiplier * learning_rate
@@ -93,7 +93,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.mesh.data = -1  # devices on the data axis; -1 = all
 
   # --- Logging, evaluation, checkpoints ---
-  config.log_every_steps = 10
+  config.log_every_steps = 50
   config.eval_every_epochs = 5.0
   config.checkpoint_every_steps = 100
   config.keep_checkpoints = 2

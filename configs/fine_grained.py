@@ -32,7 +32,6 @@ def get_config(dataset: str) -> ml_collections.ConfigDict:
   config.weight_decay = 5e-4
   config.weight_decay_mode = 'l2'
 
-  config.log_every_steps = 50
   config.eval_every_epochs = 10.0
   config.checkpoint_every_steps = 1000
   return config

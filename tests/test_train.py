@@ -9,7 +9,7 @@ import numpy as np
 import optax
 import pytest
 
-from clan_jax import checkpointing, models, sharding
+from clan_jax import checkpointing, models, sharding, trained_model
 from clan_jax.data import input_pipeline
 from clan_jax.training import losses, optimizer, steps, trainer
 from clan_jax.training.train_state import create_train_state
@@ -215,7 +215,9 @@ def test_train_py_trains_then_resumes(data_dir, tmp_path):
   assert first.returncode == 0, first.stderr[-3000:]
   assert 'Test accuracy' in first.stdout
   assert sorted(os.listdir(tmp_path / 'checkpoints')) == ['2', '3']
-  assert (tmp_path / 'config.json').exists()
+  restored = trained_model.load(str(tmp_path))
+  assert restored.step == 3 and restored.config.num_train_steps == 3
+  assert restored.class_names == [f'species_{i:02d}' for i in range(4)]
   assert any(f.startswith('events.out.tfevents') for f in os.listdir(tmp_path))
   second = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
   assert second.returncode == 0, second.stderr[-3000:]

@@ -74,6 +74,10 @@ def num_classes(builder: tfds.core.DatasetBuilder) -> int:
   return builder.info.features['label'].num_classes
 
 
+def class_names(builder: tfds.core.DatasetBuilder) -> list[str]:
+  return builder.info.features['label'].names
+
+
 def create_train_dataset(config: ml_collections.ConfigDict,
                          builder: tfds.core.DatasetBuilder, *,
                          seed: int) -> tf.data.Dataset:

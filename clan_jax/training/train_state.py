@@ -15,16 +15,31 @@ class TrainState(train_state.TrainState):
   batch_stats: Any
 
 
-def create_train_state(model: nn.Module, tx: optax.GradientTransformation,
-                       rng: jax.Array, image_size: int, mesh: Mesh) -> TrainState:
-  """Initialises a state directly in its sharded layout on `mesh`."""
+def _init_fn(model: nn.Module, tx: optax.GradientTransformation, image_size: int):
   def init(rng):
     images = jnp.zeros((1, image_size, image_size, 3), jnp.float32)
     variables = model.init(rng, images, train=False)
     return TrainState.create(apply_fn=model.apply, params=variables['params'],
                              batch_stats=variables['batch_stats'], tx=tx)
+  return init
 
-  # Tracing `init` here also raises shape errors (e.g. an image size that the
-  # CLSA pooling cannot divide) before anything is compiled.
-  abstract_state = jax.eval_shape(init, rng)
-  return jax.jit(init, out_shardings=sharding.state_sharding(mesh, abstract_state))(rng)
+
+def abstract_train_state(model: nn.Module, tx: optax.GradientTransformation,
+                         image_size: int, mesh: Mesh) -> TrainState:
+  """Shapes, dtypes and shardings of the train state, computing nothing.
+
+  Tracing the model here also raises shape errors (e.g. an image size that the
+  CLSA pooling cannot divide) before anything is compiled.
+  """
+  abstract = jax.eval_shape(_init_fn(model, tx, image_size), jax.random.key(0))
+  return jax.tree.map(
+      lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+      abstract, sharding.state_sharding(mesh, abstract))
+
+
+def create_train_state(model: nn.Module, tx: optax.GradientTransformation,
+                       rng: jax.Array, image_size: int, mesh: Mesh) -> TrainState:
+  """Initialises a state directly in its sharded layout on `mesh`."""
+  abstract = abstract_train_state(model, tx, image_size, mesh)
+  out_shardings = jax.tree.map(lambda x: x.sharding, abstract)
+  return jax.jit(_init_fn(model, tx, image_size), out_shardings=out_shardings)(rng)

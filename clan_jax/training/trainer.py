@@ -9,9 +9,8 @@ from clu import metric_writers, periodic_actions
 import jax
 import ml_collections
 import numpy as np
-import tensorflow as tf
 
-from clan_jax import checkpointing, models, sharding
+from clan_jax import checkpointing, models, sharding, trained_model
 from clan_jax.data import input_pipeline
 from clan_jax.training import optimizer, steps
 from clan_jax.training.train_state import TrainState, create_train_state
@@ -90,17 +89,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   state_sharding = sharding.state_sharding(mesh, state)
 
   checkpointer = checkpointing.Checkpointer(
-      os.path.join(workdir, 'checkpoints'),
+      os.path.join(workdir, trained_model.CHECKPOINT_DIR),
       save_every_steps=config.checkpoint_every_steps,
       max_to_keep=config.keep_checkpoints)
   if checkpointer.latest_step() is not None:
     state = checkpointer.restore(state)
     logging.info('Resumed from %s at step %d.', workdir, int(state.step))
   start_step = int(state.step)
-  if jax.process_index() == 0:
-    tf.io.gfile.makedirs(workdir)
-    with tf.io.gfile.GFile(os.path.join(workdir, 'config.json'), 'w') as f:
-      f.write(config.to_json_best_effort(indent=2))
+  trained_model.save_run_info(workdir, config, input_pipeline.class_names(builder))
 
   train_metrics_cls = steps.train_metrics_collection(branches)
   eval_metrics_cls = steps.eval_metrics_collection(branches)

@@ -1,0 +1,79 @@
+"""A training workdir as a model: its config, class names and latest variables.
+
+A workdir written by `train.py` holds `config.json`, `classes.json` and
+`checkpoints/`. This module writes the first two and loads all three, so that
+evaluation, prediction, export and fine-tuning need only the workdir.
+"""
+import dataclasses
+import json
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+from jax.sharding import Mesh
+import ml_collections
+import tensorflow as tf
+
+from clan_jax import checkpointing, models, sharding
+from clan_jax.training import optimizer
+from clan_jax.training.train_state import abstract_train_state
+
+CONFIG_FILE = 'config.json'
+CLASSES_FILE = 'classes.json'
+CHECKPOINT_DIR = 'checkpoints'
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainedModel:
+  config: ml_collections.ConfigDict
+  model: nn.Module
+  variables: dict[str, Any]  # {'params': ..., 'batch_stats': ...}
+  class_names: list[str]
+  step: int
+
+
+def save_run_info(workdir: str, config: ml_collections.ConfigDict,
+                  class_names: Sequence[str]) -> None:
+  """Writes the config and class names next to the checkpoints (process 0 only)."""
+  if jax.process_index() != 0:
+    return
+  tf.io.gfile.makedirs(workdir)
+  with tf.io.gfile.GFile(os.path.join(workdir, CONFIG_FILE), 'w') as f:
+    f.write(config.to_json_best_effort(indent=2))
+  with tf.io.gfile.GFile(os.path.join(workdir, CLASSES_FILE), 'w') as f:
+    json.dump(list(class_names), f, indent=1)
+
+
+def load_config(workdir: str) -> ml_collections.ConfigDict:
+  """The config a workdir was trained with."""
+  path = os.path.join(workdir, CONFIG_FILE)
+  if not tf.io.gfile.exists(path):
+    raise FileNotFoundError(f'{path} not found: {workdir} is not a train.py workdir.')
+  with tf.io.gfile.GFile(path) as f:
+    return ml_collections.ConfigDict(json.load(f))
+
+
+def load(workdir: str, *, step: int | None = None, mesh: Mesh | None = None
+         ) -> TrainedModel:
+  """Restores the model of `workdir` at `step` (default: the latest checkpoint).
+
+  The variables are replicated over `mesh` (default: all devices).
+  """
+  config = load_config(workdir)
+  with tf.io.gfile.GFile(os.path.join(workdir, CLASSES_FILE)) as f:
+    class_names = json.load(f)
+  mesh = sharding.create_mesh(ml_collections.ConfigDict({'data': -1})) if mesh is None else mesh
+  model = models.create_model(config.model, len(class_names))
+  # The optimizer state must match the checkpoint's structure to restore it;
+  # the schedule's lengths do not change that structure.
+  tx, _ = optimizer.create_optimizer(config, steps_per_epoch=1, total_steps=1)
+  checkpointer = checkpointing.Checkpointer(
+      os.path.join(workdir, CHECKPOINT_DIR), save_every_steps=1, max_to_keep=None)
+  state = checkpointer.restore(
+      abstract_train_state(model, tx, config.image_size, mesh), step)
+  checkpointer.close()
+  return TrainedModel(config=config, model=model,
+                      variables={'params': state.params, 'batch_stats': state.batch_stats},
+                      class_names=class_names, step=int(state.step))
