@@ -7,8 +7,7 @@ Flax's 'SAME' does not do on stride-2 layers), so torchvision or timm ImageNet
 weights reproduce torchvision's outputs exactly.
 """
 from collections.abc import Sequence
-import functools
-from typing import Any
+from typing import Any, ClassVar
 
 import flax.linen as nn
 import jax
@@ -22,76 +21,72 @@ STAGE_NAMES = ('layer1', 'layer2', 'layer3', 'layer4')
 conv_kernel_init = nn.initializers.variance_scaling(2.0, 'fan_out', 'normal')
 
 
-class BasicBlock(nn.Module):
-  """Two 3x3 convs (ResNet-18/34). Maps [B, H, W, C_in] -> [B, H/s, W/s, C]."""
+class ResidualBlock(nn.Module):
+  """What both block types share: their fields, layers and shortcut."""
 
   features: int
   strides: int = 1
   zero_init_residual: bool = False
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
-  expansion = 1
+  expansion: ClassVar[int] = 1
+
+  @nn.nowrap
+  def conv(self, features: int, kernel: int, strides: int = 1, *, name: str) -> nn.Conv:
+    # torchvision pads a 3x3 conv by 1 on every side, whatever its stride.
+    padding = ((1, 1), (1, 1)) if kernel == 3 else 'VALID'
+    return nn.Conv(features, (kernel, kernel), strides, padding=padding, use_bias=False,
+                   kernel_init=conv_kernel_init, dtype=self.dtype,
+                   param_dtype=self.param_dtype, name=name)
+
+  @nn.nowrap
+  def norm(self, train: bool, *, name: str, last: bool = False) -> nn.BatchNorm:
+    # Zero-initialising the last BN of each block starts every block as the
+    # identity, which helps training from scratch (Goyal et al. 2017).
+    zero = last and self.zero_init_residual
+    return nn.BatchNorm(
+        use_running_average=not train, momentum=0.9, epsilon=1e-5,
+        scale_init=nn.initializers.zeros if zero else nn.initializers.ones,
+        dtype=self.dtype, param_dtype=self.param_dtype, name=name)
+
+  @nn.nowrap
+  def add_shortcut(self, x: jax.Array, y: jax.Array, train: bool) -> jax.Array:
+    """relu(shortcut(x) + y), projecting x when its shape differs from y's."""
+    if x.shape != y.shape:
+      x = self.conv(y.shape[-1], 1, self.strides, name='downsample_conv')(x)
+      x = self.norm(train, name='downsample_bn')(x)
+    return nn.relu(x + y)
+
+
+class BasicBlock(ResidualBlock):
+  """Two 3x3 convs (ResNet-18/34). Maps [B, H, W, C_in] -> [B, H/s, W/s, C]."""
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-    conv = functools.partial(
-        nn.Conv, use_bias=False, kernel_init=conv_kernel_init,
-        dtype=self.dtype, param_dtype=self.param_dtype)
-    norm = functools.partial(
-        nn.BatchNorm, use_running_average=not train, momentum=0.9,
-        epsilon=1e-5, dtype=self.dtype, param_dtype=self.param_dtype)
-    residual = x
-    y = conv(self.features, (3, 3), self.strides, padding=((1, 1), (1, 1)),
-             name='conv1')(x)
-    y = nn.relu(norm(name='bn1')(y))
-    y = conv(self.features, (3, 3), padding=((1, 1), (1, 1)), name='conv2')(y)
-    y = norm(name='bn2', scale_init=_last_bn_scale_init(self.zero_init_residual))(y)
-    if residual.shape != y.shape:
-      residual = conv(self.features, (1, 1), self.strides, name='downsample_conv')(x)
-      residual = norm(name='downsample_bn')(residual)
-    return nn.relu(residual + y)
+    y = self.conv(self.features, 3, self.strides, name='conv1')(x)
+    y = nn.relu(self.norm(train, name='bn1')(y))
+    y = self.conv(self.features, 3, name='conv2')(y)
+    y = self.norm(train, name='bn2', last=True)(y)
+    return self.add_shortcut(x, y, train)
 
 
-class Bottleneck(nn.Module):
+class Bottleneck(ResidualBlock):
   """1x1 -> 3x3 (strided, as torchvision "v1.5") -> 1x1 x4 (ResNet-50/101/152).
 
   Maps [B, H, W, C_in] -> [B, H/s, W/s, 4 * features].
   """
 
-  features: int
-  strides: int = 1
-  zero_init_residual: bool = False
-  dtype: Dtype = jnp.float32
-  param_dtype: Dtype = jnp.float32
-  expansion = 4
+  expansion: ClassVar[int] = 4
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-    conv = functools.partial(
-        nn.Conv, use_bias=False, kernel_init=conv_kernel_init,
-        dtype=self.dtype, param_dtype=self.param_dtype)
-    norm = functools.partial(
-        nn.BatchNorm, use_running_average=not train, momentum=0.9,
-        epsilon=1e-5, dtype=self.dtype, param_dtype=self.param_dtype)
-    residual = x
-    y = conv(self.features, (1, 1), name='conv1')(x)
-    y = nn.relu(norm(name='bn1')(y))
-    y = conv(self.features, (3, 3), self.strides, padding=((1, 1), (1, 1)),
-             name='conv2')(y)
-    y = nn.relu(norm(name='bn2')(y))
-    y = conv(self.features * self.expansion, (1, 1), name='conv3')(y)
-    y = norm(name='bn3', scale_init=_last_bn_scale_init(self.zero_init_residual))(y)
-    if residual.shape != y.shape:
-      residual = conv(self.features * self.expansion, (1, 1), self.strides,
-                      name='downsample_conv')(x)
-      residual = norm(name='downsample_bn')(residual)
-    return nn.relu(residual + y)
-
-
-def _last_bn_scale_init(zero: bool):
-  # Zero-initialising the last BN of each block starts every block as the
-  # identity, which helps training from scratch (Goyal et al. 2017).
-  return nn.initializers.zeros if zero else nn.initializers.ones
+    y = self.conv(self.features, 1, name='conv1')(x)
+    y = nn.relu(self.norm(train, name='bn1')(y))
+    y = self.conv(self.features, 3, self.strides, name='conv2')(y)
+    y = nn.relu(self.norm(train, name='bn2')(y))
+    y = self.conv(self.features * self.expansion, 1, name='conv3')(y)
+    y = self.norm(train, name='bn3', last=True)(y)
+    return self.add_shortcut(x, y, train)
 
 
 class ResNetStage(nn.Module):
