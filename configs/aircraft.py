@@ -6,4 +6,7 @@ from configs import fine_grained
 
 
 def get_config():
-  return fine_grained.get_config('fgvc_aircraft')
+  config = fine_grained.get_config('fgvc_aircraft')
+  # The fine-grained literature trains on train+val (6,667 images).
+  config.train_split = 'trainval'
+  return config

@@ -9,3 +9,6 @@ try:
 except RuntimeError:
   logging.warning('TensorFlow was initialised before clan_jax.data was '
                   'imported: it may hold accelerator memory.')
+
+# Importing a TFDS builder's module registers its name with tfds.builder().
+from clan_jax.data import cub, fgvc_aircraft, stanford_cars, synthetic  # pylint: disable=g-import-not-at-top,unused-import

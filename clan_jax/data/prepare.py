@@ -1,0 +1,82 @@
+r"""Prepares CUB-200-2011, Stanford Cars or FGVC-Aircraft from the user's files.
+
+  python -m clan_jax.data.prepare --dataset=cub --manual_dir=~/datasets/cub \
+      [--data_dir=~/tensorflow_datasets]
+
+The manual directory holds the archives (or their extracted folders); each
+builder's MANUAL_DOWNLOAD_INSTRUCTIONS (printed when something is missing) say
+which files. Nothing is downloaded. Ends by printing the splits and their
+sizes, and where they differ from the official ones.
+"""
+from collections.abc import Sequence
+import os
+
+from absl import app
+from absl import flags
+import tensorflow_datasets as tfds
+
+from clan_jax.data import builder_utils
+from clan_jax.data import cub
+from clan_jax.data import fgvc_aircraft
+from clan_jax.data import stanford_cars
+
+BUILDERS = {
+    'cub': cub.Cub2002011,
+    'cars': stanford_cars.StanfordCars,
+    'aircraft': fgvc_aircraft.FgvcAircraft,
+}
+
+_DATASET = flags.DEFINE_enum('dataset', None, list(BUILDERS),
+                             'The dataset to prepare.', required=True)
+_MANUAL_DIR = flags.DEFINE_string(
+    'manual_dir', None, 'Directory with the dataset\'s archives or extracted '
+    'folders.', required=True)
+_DATA_DIR = flags.DEFINE_string(
+    'data_dir', None, 'TFDS data directory to write to (config.data_dir of '
+    'training); default: TFDS\'s, ~/tensorflow_datasets.')
+_CONFIG = flags.DEFINE_string(
+    'config', None, 'Builder config, for FGVC-Aircraft: variant (default, '
+    'copyright banner cropped) or variant_with_banner.')
+
+
+def prepare(dataset: str, manual_dir: str, data_dir: str | None = None,
+            config: str | None = None) -> tfds.core.DatasetBuilder:
+  """Prepares `dataset` (a key of BUILDERS) and returns its builder."""
+  # The shell leaves a tilde after '--flag=' as it is.
+  if data_dir is not None:
+    data_dir = os.path.expanduser(data_dir)
+  builder = BUILDERS[dataset](data_dir=data_dir, config=config)
+  builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
+      manual_dir=os.path.expanduser(manual_dir)))
+  return builder
+
+
+def summary(builder: tfds.core.DatasetBuilder) -> str:
+  """The splits and their sizes, and how they differ from the official ones."""
+  counts = {'classes': builder.info.features['label'].num_classes}
+  counts.update((name, split.num_examples)
+                for name, split in builder.info.splits.items())
+  name = builder.name
+  if builder.builder_config:
+    name += f'/{builder.builder_config.name}'
+  lines = [f'{name} prepared in {builder.data_dir}:']
+  lines += [f'  {key}: {count:,}' for key, count in counts.items()]
+  mismatches = builder_utils.count_mismatches(counts, builder.OFFICIAL_COUNTS)
+  if mismatches:
+    lines.append('Differs from the official dataset (a partial copy?):')
+    lines += [f'  {mismatch}' for mismatch in mismatches]
+  else:
+    lines.append('All counts match the official dataset.')
+  return '\n'.join(lines)
+
+
+def main(argv: Sequence[str]) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  builder = prepare(_DATASET.value, _MANUAL_DIR.value, _DATA_DIR.value,
+                    _CONFIG.value)
+  print(summary(builder))
+
+
+if __name__ == '__main__':
+  app.run(main)
