@@ -18,7 +18,7 @@ import tensorflow as tf
 
 from clan_jax import checkpointing, models, sharding
 from clan_jax.training import optimizer
-from clan_jax.training.train_state import abstract_train_state
+from clan_jax.training.train_state import TrainState, abstract_train_state
 
 CONFIG_FILE = 'config.json'
 CLASSES_FILE = 'classes.json'
@@ -32,6 +32,13 @@ class TrainedModel:
   variables: dict[str, Any]  # {'params': ..., 'batch_stats': ...}
   class_names: list[str]
   step: int
+  mesh: Mesh  # the variables are replicated over it
+
+  def eval_state(self) -> TrainState:
+    """The variables as a TrainState without optimizer, for `clan_jax.training.steps`."""
+    return TrainState(step=self.step, apply_fn=self.model.apply,
+                      params=self.variables['params'],
+                      batch_stats=self.variables['batch_stats'], tx=None, opt_state=None)
 
 
 def save_run_info(workdir: str, config: ml_collections.ConfigDict,
@@ -69,11 +76,17 @@ def load(workdir: str, *, step: int | None = None, mesh: Mesh | None = None
   # The optimizer state must match the checkpoint's structure to restore it;
   # the schedule's lengths do not change that structure.
   tx, _ = optimizer.create_optimizer(config, steps_per_epoch=1, total_steps=1)
+  checkpoint_dir = os.path.join(workdir, CHECKPOINT_DIR)
+  if step is not None and not tf.io.gfile.exists(os.path.join(checkpoint_dir, str(step))):
+    names = tf.io.gfile.listdir(checkpoint_dir) if tf.io.gfile.exists(checkpoint_dir) else []
+    saved = sorted(int(n.rstrip('/')) for n in names if n.rstrip('/').isdigit())
+    raise FileNotFoundError(f'No checkpoint of step {step} in {checkpoint_dir}; its '
+                            f'steps are {saved}.')
   checkpointer = checkpointing.Checkpointer(
-      os.path.join(workdir, CHECKPOINT_DIR), save_every_steps=1, max_to_keep=None)
+      checkpoint_dir, save_every_steps=1, max_to_keep=None)
   state = checkpointer.restore(
       abstract_train_state(model, tx, config.image_size, mesh), step)
   checkpointer.close()
   return TrainedModel(config=config, model=model,
                       variables={'params': state.params, 'batch_stats': state.batch_stats},
-                      class_names=class_names, step=int(state.step))
+                      class_names=class_names, step=int(state.step), mesh=mesh)

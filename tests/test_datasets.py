@@ -405,9 +405,7 @@ def _check_eval_pipeline(prepared: Prepared) -> None:
   config = test_config.get_config()
   config.dataset = prepared.builder.name
   config.data_dir = prepared.data_dir
-  # As input_pipeline.get_dataset_builder finds it, by name: importing the
-  # builders' modules registered them.
-  builder = tfds.builder(config.dataset, data_dir=config.data_dir)
+  builder = input_pipeline.get_dataset_builder(config)
   ds, num_batches = input_pipeline.create_eval_dataset(config, builder, 'test')
   batches = list(input_pipeline.as_numpy(ds))
   assert len(batches) == num_batches

@@ -57,8 +57,9 @@ def get_dataset_builder(
         'downloaded at run time: prepare it beforehand, e.g. with `tfds build '
         f'{config.dataset} --data_dir=...`, and point config.data_dir there.')
   features = builder.info.features
-  if 'image' not in features or not isinstance(
-      features.get('label'), tfds.features.ClassLabel):
+  # FeaturesDict supports `in` and [] but has no .get().
+  if 'image' not in features or 'label' not in features or not isinstance(
+      features['label'], tfds.features.ClassLabel):
     raise ValueError(
         f'config.dataset={config.dataset!r} needs an "image" and a "label" '
         f'(ClassLabel) feature; its features are {list(features.keys())}.')
@@ -150,9 +151,8 @@ def create_eval_dataset(config: ml_collections.ConfigDict,
   num_batches = math.ceil(largest / batch_size)
 
   def preprocess(example: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
-    image = _centre_crop(example['image'], config.image_size)
-    return {'image': _normalize(image), 'label': example['label'],
-            'mask': tf.constant(1.0)}
+    return {'image': eval_crop(example['image'], config.image_size),
+            'label': example['label'], 'mask': tf.constant(1.0)}
 
   ds = _decoded_examples(config, builder, local_split)
   ds = ds.map(preprocess, num_parallel_calls=tf.data.AUTOTUNE)
@@ -221,17 +221,93 @@ def decode_and_resize(encoded: tf.Tensor, size: int) -> tf.Tensor:
 
   The shorter side becomes `size`; the aspect ratio is kept.
   """
-  image = tf.io.decode_image(encoded, channels=3, expand_animations=False)
-  shape = tf.cast(tf.shape(image)[:2], tf.float32)
-  new_shape = tf.cast(tf.round(shape * size / tf.reduce_min(shape)), tf.int32)
-  image = tf.image.resize(image, new_shape, antialias=True)
+  return resize_shorter_side(decode_rgb(encoded), size)
+
+
+def decode_rgb(encoded: tf.Tensor) -> tf.Tensor:
+  """Encoded image (JPEG, PNG, GIF's first frame, BMP; any channels) -> uint8 RGB [H, W, 3].
+
+  Raises:
+    tf.errors.InvalidArgumentError: (eagerly) the bytes are not an image.
+  """
+  return tf.io.decode_image(encoded, channels=3, expand_animations=False)
+
+
+def read_image(path: str) -> np.ndarray:
+  """An image file (JPEG, PNG, GIF or BMP; any size and channels) -> uint8 RGB [H, W, 3].
+
+  Raises:
+    FileNotFoundError: `path` does not exist.
+    ValueError: `path` is not an image; the message names it.
+  """
+  try:
+    return decode_rgb(tf.io.read_file(path)).numpy()
+  except tf.errors.NotFoundError as e:
+    raise FileNotFoundError(f'{path}: no such file.') from e
+  except tf.errors.InvalidArgumentError as e:
+    raise ValueError(f'{path} is not an image that can be decoded (JPEG, PNG, GIF '
+                     'or BMP).') from e
+
+
+def resize_shorter_side(image: tf.Tensor, size: int) -> tf.Tensor:
+  """uint8 [H, W, 3] -> uint8 [h, w, 3] with min(h, w) == size, antialiased."""
+  image = tf.image.resize(image, _resized_shape(tf.shape(image)[:2], size),
+                          antialias=True)
   return tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8)
+
+
+def eval_crop(image: tf.Tensor, size: int) -> tf.Tensor:
+  """The evaluation crop: resized uint8 [H, W, 3] -> normalised float32 [size, size, 3].
+
+  The central square, normalised with the ImageNet statistics.
+  """
+  return _normalize(_centre_crop(image, size))
+
+
+def preprocess_for_eval(image: tf.Tensor | np.ndarray,
+                        config: ml_collections.ConfigDict) -> tf.Tensor:
+  """A decoded image as evaluation sees it: uint8 RGB [H, W, 3] -> float32 [S, S, 3].
+
+  The shorter side is resized to config.resize_size, then the central
+  S = config.image_size square is normalised: the same operations as
+  `create_eval_dataset`, for images that do not come from a dataset.
+  """
+  _check_crop_size(config)
+  return eval_crop(resize_shorter_side(image, config.resize_size),
+                   config.image_size)
+
+
+def eval_crop_box(height: int, width: int, config: ml_collections.ConfigDict
+                  ) -> tuple[float, float, float, float]:
+  """The part of an image of `height` x `width` pixels that evaluation keeps.
+
+  Returns:
+    (left, top, right, bottom) in the image's pixel coordinates (continuous:
+    pixel i covers [i, i + 1)) of the central square that `preprocess_for_eval`
+    crops after resizing.
+  """
+  resized_height, resized_width = (
+      int(x) for x in _resized_shape(tf.constant([height, width]), config.resize_size))
+  top, left = _centre_offsets(resized_height, resized_width, config.image_size)
+  scale_y, scale_x = resized_height / height, resized_width / width
+  return (left / scale_x, top / scale_y, (left + config.image_size) / scale_x,
+          (top + config.image_size) / scale_y)
+
+
+def _resized_shape(shape: tf.Tensor, size: int) -> tf.Tensor:
+  """[height, width] -> int32 [height', width'], the shorter side scaled to `size`."""
+  shape = tf.cast(shape, tf.float32)
+  return tf.cast(tf.round(shape * size / tf.reduce_min(shape)), tf.int32)
+
+
+def _centre_offsets(height, width, size: int):
+  """(top, left) of the central size x size square (ints or scalar tensors)."""
+  return (height - size) // 2, (width - size) // 2
 
 
 def _centre_crop(image: tf.Tensor, size: int) -> tf.Tensor:
   """[H, W, 3] -> [size, size, 3], the central square."""
-  top = (tf.shape(image)[0] - size) // 2
-  left = (tf.shape(image)[1] - size) // 2
+  top, left = _centre_offsets(tf.shape(image)[0], tf.shape(image)[1], size)
   return tf.ensure_shape(image[top:top + size, left:left + size],
                          [size, size, 3])
 

@@ -18,7 +18,8 @@ class CLCA(nn.Module):
       L̂_s = L_s + BN(W_y(normalize(W_θ(f) W_φ(f)^T) W_k(L_s)))
 
   a non-local block whose queries and keys come from the fused top+mid map and
-  whose values come from L_s alone.
+  whose values come from L_s alone. W_θ(f) and W_φ(f), [B, H_s, W_s, inner],
+  are sown as intermediates/query and intermediates/key for attention maps.
 
   Attributes:
     inner_ratio: inner width as a fraction of L_s's channels (choice: 1/2).
@@ -53,8 +54,14 @@ class CLCA(nn.Module):
     g = conv1x1(name='w_g')(top)
     g = jax.image.resize(g, (batch, height, width, inner), method=self.upsample)
     f = g + conv1x1(name='w_l')(mid)
-    theta = conv1x1(name='w_theta')(f).reshape(batch, height * width, inner)
-    phi = conv1x1(name='w_phi')(f).reshape(batch, height * width, inner)
+    theta = conv1x1(name='w_theta')(f)
+    phi = conv1x1(name='w_phi')(f)
+    # For attention maps (clan_jax/attention_maps.py): the affinity of any
+    # query position follows from these; no-ops unless 'intermediates' is mutable.
+    self.sow('intermediates', 'query', theta)
+    self.sow('intermediates', 'key', phi)
+    theta = theta.reshape(batch, height * width, inner)
+    phi = phi.reshape(batch, height * width, inner)
     value = conv1x1(name='w_k')(mid).reshape(batch, height * width, inner)
     y = spatial_attention(theta, phi, value, normalization=self.normalization,
                           scaled=self.scaled, implementation=self.attention_impl)

@@ -1,6 +1,7 @@
 """The train and eval steps: pure functions of (state, batch), compiled with jax.jit."""
 from collections.abc import Mapping, Sequence
 import functools
+from typing import Any
 
 from clu import metrics
 import jax
@@ -67,17 +68,77 @@ def train_step(state: TrainState, batch: Mapping[str, jax.Array], *,
   return new_state, step_metrics
 
 
+def eval_outputs(state: TrainState, images: jax.Array, *,
+                 flip_tta: bool = False) -> dict[str, Any]:
+  """The model's eval-mode outputs for normalised images [B, H, W, 3].
+
+  With `flip_tta`, each output is the mean over the images and their
+  horizontal mirror images: the mean of each branch's logits [B, K], and the
+  mean of the two combined scores [B, K] (not the combination of the mean
+  logits), so that 'combined' stays the average of two predictions.
+
+  Returns:
+    {'branches': {name: logits [B, K]}, 'combined': [B, K]}, as CLAN returns.
+  """
+  variables = {'params': state.params, 'batch_stats': state.batch_stats}
+  outputs = state.apply_fn(variables, images, train=False)
+  if flip_tta:
+    mirrored = state.apply_fn(variables, jnp.flip(images, axis=2), train=False)
+    outputs = jax.tree.map(lambda a, b: (a + b) / 2, outputs, mirrored)
+  return outputs
+
+
 def eval_step(state: TrainState, batch: Mapping[str, jax.Array], *,
-              metrics_cls: type[metrics.Collection]):
-  """Metrics of a padded global batch; examples with batch['mask'] == 0 count for nothing."""
-  outputs = state.apply_fn({'params': state.params, 'batch_stats': state.batch_stats},
-                           batch['image'], train=False)
+              metrics_cls: type[metrics.Collection], flip_tta: bool = False):
+  """Metrics of a padded global batch; examples with batch['mask'] == 0 count for nothing.
+
+  `flip_tta`: score the mean over each image and its mirror (see `eval_outputs`).
+  """
+  outputs = eval_outputs(state, batch['image'], flip_tta=flip_tta)
+  return _eval_metrics(outputs, batch, metrics_cls)
+
+
+def eval_step_with_confusion(state: TrainState, batch: Mapping[str, jax.Array], *,
+                             metrics_cls: type[metrics.Collection],
+                             flip_tta: bool = False):
+  """`eval_step`'s metrics, and the confusion matrix of the combined prediction.
+
+  Returns:
+    (metrics, int32 [K, K] counts of the real examples, rows: labels,
+    columns: predicted classes).
+  """
+  outputs = eval_outputs(state, batch['image'], flip_tta=flip_tta)
+  return (_eval_metrics(outputs, batch, metrics_cls),
+          confusion_matrix(outputs['combined'], batch['label'], batch['mask']))
+
+
+def _eval_metrics(outputs: Mapping[str, Any], batch: Mapping[str, jax.Array],
+                  metrics_cls: type[metrics.Collection]):
   labels = batch['label']
   scores = {**outputs['branches'], COMBINED: outputs['combined']}
   correct = {f'top{k}_{name}': topk_correct(s, labels, k)
              for name, s in scores.items() for k in (1, 5)}
   loss = sum(cross_entropy(logits, labels) for logits in outputs['branches'].values())
   return metrics_cls.single_from_model_output(loss=loss, mask=batch['mask'], **correct)
+
+
+def confusion_matrix(scores: jax.Array, labels: jax.Array, mask: jax.Array) -> jax.Array:
+  """Counts of (label, top-1 prediction) pairs: [B, K], [B], [B] -> int32 [K, K].
+
+  Examples with mask == 0 are not counted.
+  """
+  num_classes = scores.shape[-1]
+  # Top-1 as `topk_correct` takes it, so the trace matches top-1 accuracy even on ties.
+  predictions = jax.lax.top_k(scores, 1)[1][:, 0]
+  true = jax.nn.one_hot(labels, num_classes, dtype=jnp.int32) * (mask[:, None] > 0)
+  predicted = jax.nn.one_hot(predictions, num_classes, dtype=jnp.int32)
+  return jnp.einsum('bi,bj->ij', true, predicted)
+
+
+def predict_step(state: TrainState, batch: Mapping[str, jax.Array], *,
+                 flip_tta: bool = False) -> dict[str, Any]:
+  """Per-example outputs of a global batch {'image': [B, H, W, 3]} (see `eval_outputs`)."""
+  return eval_outputs(state, batch['image'], flip_tta=flip_tta)
 
 
 def jit_train_step(mesh: Mesh, state_sharding, **step_kwargs):
@@ -89,9 +150,21 @@ def jit_train_step(mesh: Mesh, state_sharding, **step_kwargs):
       donate_argnums=0)
 
 
-def jit_eval_step(mesh: Mesh, state_sharding, **step_kwargs):
-  """`eval_step` compiled over `mesh`."""
+def jit_eval_step(mesh: Mesh, state_sharding, *, with_confusion: bool = False,
+                  **step_kwargs):
+  """`eval_step` (or `eval_step_with_confusion`) compiled over `mesh`."""
+  step = eval_step_with_confusion if with_confusion else eval_step
+  return _jit_replicated_out(functools.partial(step, **step_kwargs), mesh, state_sharding)
+
+
+def jit_predict_step(mesh: Mesh, state_sharding, **step_kwargs):
+  """`predict_step` compiled over `mesh`; its outputs are replicated (host-readable)."""
+  return _jit_replicated_out(functools.partial(predict_step, **step_kwargs), mesh,
+                             state_sharding)
+
+
+def _jit_replicated_out(step, mesh: Mesh, state_sharding):
   return jax.jit(
-      functools.partial(eval_step, **step_kwargs),
+      step,
       in_shardings=(state_sharding, sharding.batch_sharding(mesh)),
       out_shardings=sharding.replicated(mesh))

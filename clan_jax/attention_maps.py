@@ -1,0 +1,223 @@
+"""Attention maps of a trained CLAN on images, overlaid on them, for notebooks and `predict`.
+
+Two maps per mid-level tap (e.g. 'layer2', stride 8, and 'layer3', stride 16):
+
+- CLSA: the spatial attention M_s = sigmoid(conv([max_c, mean_c] L̂_s)) that
+  re-weights the top-level map (sown by CLSA as intermediates/attention).
+- CLCA: for one query position, its row of normalize(W_θ(f) W_φ(f)^T), the
+  weights with which that position gathers the value map (computed from the
+  query and key maps that CLCA sows, with CLCA's own normalisation).
+
+Both live on the mid-level grid [H_s, W_s] of the model's input, the centre
+crop of the resized image. Overlays put them back on the whole image: upsampled
+bilinearly onto the part of the image the crop covers, which is coloured; the
+rest of the image, which the model does not see, is dimmed.
+
+  trained = trained_model.load('workdirs/default')
+  image = input_pipeline.read_image('bird.png')          # uint8 [H, W, 3]
+  (maps,) = attention_maps.compute(trained, [image], query_points=[(60, 40)])
+  maps.clsa['layer2'], maps.clca['layer2']               # float32 [H_s, W_s]
+  pictures = attention_maps.overlays(maps)               # {'clsa_layer2': uint8 [H, W, 3], ...}
+  attention_maps.save(maps, '/tmp/attention', 'bird')    # one PNG per picture
+"""
+from collections.abc import Sequence
+import dataclasses
+import os
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+from PIL import Image, ImageDraw
+
+from clan_jax import trained_model, visualization
+from clan_jax.data import input_pipeline
+
+Point = tuple[float, float]
+
+
+@dataclasses.dataclass(frozen=True)
+class AttentionMaps:
+  """The attention maps of one image.
+
+  Attributes:
+    image: uint8 RGB [H, W, 3], the image as given (before resize and crop).
+    crop_box: (left, top, right, bottom) in image pixels, the part of the image
+      that the model sees (the evaluation crop).
+    query_point: (x, y) in image pixels, the CLCA query.
+    clsa: {tap: M_s, float32 [H_s, W_s] in (0, 1)}; empty without CLSA.
+    clca: {tap: the query position's affinity over all positions, float32
+      [H_s, W_s] (sums to 1 with softmax normalisation)}; empty without CLCA.
+    query_cells: {tap: (row, column) of the query on the [H_s, W_s] grid}.
+  """
+  image: np.ndarray
+  crop_box: tuple[float, float, float, float]
+  query_point: Point
+  clsa: dict[str, np.ndarray]
+  clca: dict[str, np.ndarray]
+  query_cells: dict[str, tuple[int, int]]
+
+
+def compute(trained: trained_model.TrainedModel, images: Sequence[np.ndarray],
+            query_points: Sequence[Point | None] | None = None) -> list[AttentionMaps]:
+  """The attention maps of `images` under `trained`, in one batch.
+
+  Args:
+    trained: a loaded workdir (`trained_model.load`).
+    images: uint8 RGB [H, W, 3] each, of any sizes; preprocessed exactly as
+      evaluation does (`input_pipeline.preprocess_for_eval`).
+    query_points: the CLCA query of each image, (x, y) in its pixels; None (or
+      a None entry) for the centre of the image.
+
+  Returns:
+    One AttentionMaps per image.
+
+  Raises:
+    ValueError: the model has neither CLCA nor CLSA, an image is not uint8 RGB,
+      or a query point lies outside the part of the image the model sees.
+  """
+  config = trained.config
+  if not (config.model.use_clca or config.model.use_clsa):
+    raise ValueError('This model has neither CLCA nor CLSA (config.model.use_clca, '
+                     'config.model.use_clsa), so it has no attention maps.')
+  images = [np.asarray(image) for image in images]
+  for image in images:
+    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[-1] != 3:
+      raise ValueError(f'Images must be uint8 RGB [H, W, 3]; got {image.dtype} '
+                       f'{image.shape}.')
+  if query_points is None:
+    query_points = [None] * len(images)
+  query_points = [(image.shape[1] / 2, image.shape[0] / 2) if point is None else point
+                  for image, point in zip(images, query_points, strict=True)]
+  crop_boxes = [input_pipeline.eval_crop_box(*image.shape[:2], config) for image in images]
+  # Query points as fractions of the crop, from 0 to 1 along x and y.
+  fractions = [_fraction_in_box(point, box, image.shape[:2])
+               for image, point, box in zip(images, query_points, crop_boxes)]
+
+  batch = np.stack([np.asarray(input_pipeline.preprocess_for_eval(image, config))
+                    for image in images])
+  intermediates = jax.device_get(_intermediates(trained.model, trained.variables, batch))
+  clsa = {}
+  clca = {}
+  cells = {}
+  for tap in config.model.mid_level_taps:
+    if config.model.use_clsa:
+      (attention,) = intermediates[f'clsa_{tap}']['attention']
+      clsa[tap] = attention[..., 0].astype(np.float32)  # [B, H_s, W_s]
+    if config.model.use_clca:
+      (query,) = intermediates[f'clca_{tap}']['query']  # [B, H_s, W_s, D]
+      (key,) = intermediates[f'clca_{tap}']['key']
+      height, width = query.shape[1:3]
+      cells[tap] = [(min(int(fy * height), height - 1), min(int(fx * width), width - 1))
+                    for fx, fy in fractions]
+      clca[tap] = np.stack([
+          _affinity_row(query[i, row, col], key[i],
+                        normalization=config.model.clca.normalization,
+                        scaled=config.model.clca.scaled)
+          for i, (row, col) in enumerate(cells[tap])])
+  return [AttentionMaps(image=image, crop_box=box, query_point=tuple(point),
+                        clsa={tap: maps[i] for tap, maps in clsa.items()},
+                        clca={tap: maps[i] for tap, maps in clca.items()},
+                        query_cells={tap: tap_cells[i] for tap, tap_cells in cells.items()})
+          for i, (image, box, point) in enumerate(zip(images, crop_boxes, query_points))]
+
+
+def _intermediates(model: nn.Module, variables: dict[str, Any], images: np.ndarray):
+  """Everything the model sows for images [B, S, S, 3]: {module: {name: (value,)}}."""
+  @jax.jit
+  def forward(variables, images):
+    _, state = model.apply(variables, images, train=False, mutable=['intermediates'])
+    return state['intermediates']
+  return forward(variables, images)
+
+
+def _affinity_row(query: np.ndarray, key: np.ndarray, *, normalization: str,
+                  scaled: bool) -> np.ndarray:
+  """One query's row of normalize(θ φ^T): [D], [H, W, D] -> float32 [H, W].
+
+  The normalisation of `clan_jax.models.attention.spatial_attention`, for a
+  single row: softmax over keys, or division by their number.
+  """
+  query, key = query.astype(np.float32), key.astype(np.float32)
+  logits = key @ query * (query.shape[-1]**-0.5 if scaled else 1.0)
+  if normalization == 'softmax':
+    weights = np.exp(logits - logits.max())
+    return weights / weights.sum()
+  return logits / logits.size
+
+
+def _fraction_in_box(point: Point, box: tuple[float, float, float, float],
+                     shape: tuple[int, int]) -> Point:
+  """(x, y) in image pixels -> fractions of the crop box, each in [0, 1)."""
+  x, y = point
+  left, top, right, bottom = box
+  if not (left <= x < right and top <= y < bottom):
+    raise ValueError(
+        f'Query point (x, y) = ({x:g}, {y:g}) is outside the part of the '
+        f'{shape[1]}x{shape[0]} image that the model sees, the centre crop (left, top, '
+        f'right, bottom) = ({left:.1f}, {top:.1f}, {right:.1f}, {bottom:.1f}); choose '
+        'a point inside it (--query_point).')
+  return (x - left) / (right - left), (y - top) / (bottom - top)
+
+
+def overlays(maps: AttentionMaps, *, alpha: float = 0.5) -> dict[str, np.ndarray]:
+  """Each map over the image: {'clsa_<tap>' | 'clca_<tap>': uint8 RGB [H, W, 3]}.
+
+  Each map is min-max scaled to the full colormap (viridis: dark blue for its
+  lowest value, yellow for its highest), upsampled bilinearly onto the crop
+  box and alpha-blended; the CLCA pictures mark the query point.
+  """
+  pictures = {}
+  for kind, tap_maps in (('clsa', maps.clsa), ('clca', maps.clca)):
+    for tap, grid in tap_maps.items():
+      heat, mask = _onto_image(visualization.rescale(grid), maps.crop_box,
+                               maps.image.shape[:2])
+      picture = visualization.blend(maps.image, heat, mask, alpha=alpha)
+      if kind == 'clca':
+        picture = _mark(picture, maps.query_point)
+      pictures[f'{kind}_{tap}'] = picture
+  return pictures
+
+
+def save(maps: AttentionMaps, out_dir: str, stem: str, *, alpha: float = 0.5
+         ) -> list[str]:
+  """Writes each overlay as `out_dir/<stem>_<clsa|clca>_<tap>.png`; returns the paths."""
+  os.makedirs(out_dir, exist_ok=True)
+  paths = []
+  for name, picture in overlays(maps, alpha=alpha).items():
+    path = os.path.join(out_dir, f'{stem}_{name}.png')
+    Image.fromarray(picture).save(path)
+    paths.append(path)
+  return paths
+
+
+def _onto_image(grid: np.ndarray, box: tuple[float, float, float, float],
+                shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+  """A [h, w] grid spread over `box` of an image of `shape` (bilinear).
+
+  Returns:
+    (values [H, W], where the box covers pixel centres: bool [H, W]).
+  """
+  left, top, right, bottom = box
+  height, width = shape
+  # Grid cell edges 0..h map linearly onto top..bottom (and likewise for x);
+  # next to the box's edges, the nearest cells' values extend to it.
+  heat = jax.image.scale_and_translate(
+      jnp.asarray(grid, jnp.float32), (height, width), (0, 1),
+      scale=jnp.array([(bottom - top) / grid.shape[0], (right - left) / grid.shape[1]]),
+      translation=jnp.array([top, left]), method='linear', antialias=False)
+  ys, xs = np.mgrid[:height, :width] + 0.5
+  mask = (xs >= left) & (xs < right) & (ys >= top) & (ys < bottom)
+  return np.where(mask, np.asarray(heat), 0.0), mask
+
+
+def _mark(picture: np.ndarray, point: Point) -> np.ndarray:
+  """Draws a ring around `point` (x, y): white on black, visible on any colour."""
+  image = Image.fromarray(picture)
+  draw = ImageDraw.Draw(image)
+  radius = max(3, min(picture.shape[:2]) // 40)
+  x, y = point
+  for width, colour, r in ((3, (0, 0, 0), radius + 1), (1, (255, 255, 255), radius)):
+    draw.ellipse((x - r, y - r, x + r, y + r), outline=colour, width=width)
+  return np.asarray(image)

@@ -1,0 +1,267 @@
+"""Evaluation, prediction, attention maps and export of a trained workdir."""
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import jax
+import numpy as np
+from PIL import Image
+import pytest
+
+from clan_jax import attention_maps, predict, trained_model
+from clan_jax.data import input_pipeline, synthetic
+from clan_jax.evaluate import evaluate
+from clan_jax.models.attention import spatial_attention
+from clan_jax.training import trainer
+from configs import test as test_config
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope='module')
+def trained(data_dir, tmp_path_factory):
+  """One tiny model trained for the whole module: (workdir, final eval metrics)."""
+  config = test_config.get_config()
+  config.data_dir = data_dir
+  # Long enough that predictions are not all one class.
+  config.num_train_steps = 16
+  config.checkpoint_every_steps = 16
+  workdir = str(tmp_path_factory.mktemp('workdir'))
+  return workdir, trainer.train_and_evaluate(config, workdir)
+
+
+def _run(module, *args, devices=1):
+  env = {**os.environ, 'XLA_FLAGS': f'--xla_force_host_platform_device_count={devices}'}
+  return subprocess.run([sys.executable, '-m', module, *args], cwd=REPO, env=env,
+                        capture_output=True, text=True, timeout=600)
+
+
+def _eval_examples(model: trained_model.TrainedModel):
+  """The real (unmasked) normalised images [N, S, S, 3] and labels [N] of the test split."""
+  builder = input_pipeline.get_dataset_builder(model.config)
+  eval_ds, _ = input_pipeline.create_eval_dataset(model.config, builder, 'test')
+  batches = list(input_pipeline.as_numpy(eval_ds))
+  return (np.concatenate([b['image'][b['mask'] > 0] for b in batches]),
+          np.concatenate([b['label'][b['mask'] > 0] for b in batches]))
+
+
+def _test_split_pixels(model: trained_model.TrainedModel) -> list[np.ndarray]:
+  """The test split's images as stored (uint8 [H, W, 3]), in evaluation order."""
+  builder = input_pipeline.get_dataset_builder(model.config)
+  return [example['image'] for example in
+          builder.as_dataset(split='test', shuffle_files=False).as_numpy_iterator()]
+
+
+def test_evaluate_command_reproduces_the_training_eval(trained, tmp_path):
+  """The same checkpoint, data and 8-device mesh as training's last eval: the same numbers."""
+  workdir, train_results = trained
+  result = _run('clan_jax.evaluate', f'--checkpoint={workdir}', '--flip_tta',
+                f'--out={tmp_path}', devices=8)
+  assert result.returncode == 0, result.stderr[-3000:]
+  with open(tmp_path / 'results.json') as f:
+    results = json.load(f)
+  assert results['devices'] == 8 and results['step'] == 16
+  metrics = results['metrics']['no_tta']
+  for key, value in train_results.items():
+    if key.startswith('top') or key == 'num_examples':
+      assert metrics[key] == value, key
+  assert metrics['loss'] == pytest.approx(train_results['loss'], rel=1e-6)
+  confusion = np.array(results['confusion_matrix']['no_tta'])
+  assert confusion.sum() == 16 and list(confusion.sum(axis=1)) == [4] * 4
+  assert np.trace(confusion) / 16 == metrics['top1_combined']
+  assert list(results['per_class_top1']['no_tta'].values()) == list(np.diag(confusion) / 4)
+  assert set(results['metrics']) == {'no_tta', 'flip_tta'}
+  for mode in ('no_tta', 'flip_tta'):
+    with Image.open(tmp_path / f'confusion_{mode}.png') as image:
+      assert image.width >= 4 * 32
+  assert 'combined' in result.stdout and 'Wrote' in result.stdout
+
+
+def test_flip_tta_is_the_mean_over_both_predictions(trained):
+  """On one device, with another batch size: the same plain numbers, and TTA as defined."""
+  workdir, train_results = trained
+  results = evaluate(workdir, flip_tta=True,
+                     overrides={'mesh': {'data': 1}, 'eval_batch_size': 6})
+  assert results['devices'] == 1
+  plain, tta = results['metrics']['no_tta'], results['metrics']['flip_tta']
+  assert plain['top1_combined'] == train_results['top1_combined']
+  assert tta['loss'] != pytest.approx(plain['loss'], rel=1e-4)
+
+  model = trained_model.load(workdir)
+  images, labels = _eval_examples(model)
+  apply = jax.jit(lambda x: model.model.apply(model.variables, x, train=False))
+  outputs, mirrored = apply(images), apply(images[:, :, ::-1])
+  scores = {name: (outputs['branches'][name] + mirrored['branches'][name]) / 2
+            for name in outputs['branches']}
+  scores['combined'] = (outputs['combined'] + mirrored['combined']) / 2
+  for name, s in scores.items():
+    s = np.asarray(s)
+    assert tta[f'top1_{name}'] == np.mean(np.argmax(s, -1) == labels), name
+    top5 = np.argsort(-s, -1)[:, :5]
+    assert tta[f'top5_{name}'] == np.mean(np.any(top5 == labels[:, None], -1)), name
+  loss = sum(np.mean(-jax.nn.log_softmax(scores[name])[np.arange(len(labels)), labels])
+             for name in outputs['branches'])
+  assert tta['loss'] == pytest.approx(float(loss), rel=1e-5)
+  with pytest.raises(FileNotFoundError, match=r'No checkpoint of step 3 .* steps are \[.*16\]'):
+    evaluate(workdir, step=3)
+
+
+def test_predict_agrees_with_the_evaluation_path(trained, tmp_path):
+  workdir, _ = trained
+  model = trained_model.load(workdir)
+  images, _ = _eval_examples(model)
+  eval_probs = np.asarray(model.model.apply(model.variables, images, train=False)['combined'])
+  pixels = _test_split_pixels(model)[:6]
+  pngs = []
+  for i, image in enumerate(pixels):
+    pngs.append(str(tmp_path / f'{i}.png'))
+    Image.fromarray(image).save(pngs[-1])
+    # Lossless, so the very pixels that evaluation preprocesses.
+    np.testing.assert_array_equal(
+        input_pipeline.preprocess_for_eval(input_pipeline.read_image(pngs[-1]), model.config),
+        images[i])
+  jpeg = str(tmp_path / 'lossy.jpg')
+  Image.fromarray(pixels[0]).save(jpeg, quality=90)
+  not_an_image = str(tmp_path / 'notes.png')
+  with open(not_an_image, 'w') as f:
+    f.write('not an image')
+  # Other sizes and modes: larger and not square, greyscale, with alpha.
+  bird = synthetic.render_bird(synthetic.species(1), np.random.default_rng(0), 90)
+  odd = {'wide.png': Image.fromarray(bird[:60]), 'grey.jpg': Image.fromarray(bird).convert('L'),
+         'rgba.png': Image.fromarray(bird).convert('RGBA')}
+  for name, image in odd.items():
+    image.save(tmp_path / name)
+
+  paths = [*pngs[:3], not_an_image, *pngs[3:], jpeg, *(str(tmp_path / n) for n in odd)]
+  predictions = predict.predict_files(model, paths, top_k=3, batch_size=4)
+  assert [p.path for p in predictions] == paths
+  by_path = {p.path: p for p in predictions}
+  assert by_path[not_an_image].top_k is None
+  assert 'notes.png is not an image' in by_path[not_an_image].error
+  for i, png in enumerate(pngs):
+    names, probs = zip(*by_path[png].top_k)
+    assert names[0] == model.class_names[np.argmax(eval_probs[i])]
+    np.testing.assert_allclose(probs, np.sort(eval_probs[i])[::-1][:3], rtol=1e-5, atol=1e-6)
+  # JPEG changes pixels: compare with evaluation's operations on its decoded pixels.
+  with open(jpeg, 'rb') as f:
+    decoded = input_pipeline.eval_crop(
+        input_pipeline.decode_and_resize(f.read(), model.config.resize_size),
+        model.config.image_size)
+  jpeg_probs = model.model.apply(model.variables, np.asarray(decoded)[None],
+                                 train=False)['combined'][0]
+  assert by_path[jpeg].top_k[0][0] == model.class_names[int(np.argmax(jpeg_probs))]
+  assert by_path[jpeg].top_k[0][1] == pytest.approx(float(np.max(jpeg_probs)), rel=1e-5)
+  for name in odd:
+    assert len(by_path[str(tmp_path / name)].top_k) == 3
+
+
+def test_predict_command_reports_bad_files_and_writes_attention_maps(trained, tmp_path):
+  workdir, _ = trained
+  bird = synthetic.render_bird(synthetic.species(2), np.random.default_rng(1), 48)
+  Image.fromarray(bird[:40]).save(tmp_path / 'bird.png')  # 48 x 40
+  (tmp_path / 'empty.jpg').write_bytes(b'')
+  result = _run('clan_jax.predict', f'--checkpoint={workdir}', '--top_k=2',
+                f'--attention_dir={tmp_path / "attention"}', '--query_point=20,18',
+                str(tmp_path / 'bird.png'), str(tmp_path / 'empty.jpg'),
+                str(tmp_path / 'missing.png'), devices=2)
+  assert result.returncode == 1, result.stderr[-3000:]
+  lines = result.stdout.splitlines()
+  assert lines[0].endswith('bird.png') and len(lines[1].split()) == 2
+  assert 'empty.jpg is not an image' in result.stderr
+  assert 'missing.png: no such file' in result.stderr
+  assert '2 of 3 files could not be read' in result.stderr
+  written = sorted(os.listdir(tmp_path / 'attention'))
+  assert written == [f'bird.png_{kind}_{tap}.png' for kind in ('clca', 'clsa')
+                     for tap in ('layer2', 'layer3')]
+  for name in written:
+    with Image.open(tmp_path / 'attention' / name) as image:
+      assert image.size == (48, 40)
+
+
+def test_attention_maps_are_the_models(trained, tmp_path):
+  workdir, _ = trained
+  model = trained_model.load(workdir)
+  config = model.config
+  image = synthetic.render_bird(synthetic.species(3), np.random.default_rng(2), 72)[:, :64]
+  # 72 x 64 resizes to 40 x 36 (shorter side 36): the crop box is rows 4..36
+  # and columns 2..34 of the resized image, or these in the image's pixels.
+  box = (2 * 64 / 36, 4 * 72 / 40, 34 * 64 / 36, 36 * 72 / 40)
+  query = (box[0] + 0.2, box[3] - 0.2)  # bottom-left corner of the crop
+  (maps,) = attention_maps.compute(model, [image], [query])
+  np.testing.assert_allclose(maps.crop_box, box)
+  assert maps.query_cells == {'layer2': (3, 0), 'layer3': (1, 0)}
+
+  # Independently: the outputs of the modules that produce the maps.
+  inputs = np.asarray(input_pipeline.preprocess_for_eval(image, config))[None]
+  names = ('conv', 'w_theta', 'w_phi', 'w_k')
+  _, state = model.model.apply(model.variables, inputs, train=False,
+                               capture_intermediates=lambda m, _: m.name in names,
+                               mutable=['intermediates'])
+  captured = state['intermediates']
+  for tap in ('layer2', 'layer3'):
+    (conv,) = captured[f'clsa_{tap}']['conv']['__call__']
+    np.testing.assert_allclose(maps.clsa[tap], jax.nn.sigmoid(conv[0, ..., 0]), rtol=1e-6)
+    theta, phi, value = (captured[f'clca_{tap}'][n]['__call__'][0][0] for n in names[1:])
+    height, width, depth = theta.shape
+    row, col = maps.query_cells[tap]
+    expected = jax.nn.softmax(phi.reshape(-1, depth) @ theta[row, col])
+    np.testing.assert_allclose(maps.clca[tap].ravel(), expected, rtol=1e-4, atol=1e-7)
+    # The row weights the values exactly as CLCA's own attention does.
+    attended = spatial_attention(theta.reshape(1, -1, depth), phi.reshape(1, -1, depth),
+                                 value.reshape(1, -1, depth))[0, row * width + col]
+    np.testing.assert_allclose(maps.clca[tap].ravel() @ value.reshape(-1, depth),
+                               attended, rtol=1e-4, atol=1e-5)
+
+  paths = attention_maps.save(maps, str(tmp_path), 'bird')
+  assert len(paths) == 4
+  for path in paths:
+    with Image.open(path) as picture:
+      assert picture.size == (64, 72)
+  pictures = attention_maps.overlays(maps)
+  # Left of the crop box, the image is only dimmed.
+  np.testing.assert_array_equal(pictures['clsa_layer2'][:, 0],
+                                np.round(0.4 * image[:, 0]).astype(np.uint8))
+  with pytest.raises(ValueError, match='outside the part of the 64x72 image that the model sees'):
+    attention_maps.compute(model, [image], [(0.5, 0.5)])
+
+
+def test_exported_model_runs_without_the_package(trained, tmp_path):
+  workdir, _ = trained
+  out = tmp_path / 'clan.jax_exported'
+  result = _run('clan_jax.export', f'--checkpoint={workdir}', f'--out={out}')
+  assert result.returncode == 0, result.stderr[-3000:]
+  with open(f'{out}.json') as f:
+    info = json.load(f)
+  assert info['class_names'] == [f'species_{i:02d}' for i in range(4)]
+  assert info['input']['shape'] == ['batch', 32, 32, 3]
+  assert info['mean_rgb'] == list(input_pipeline.MEAN_RGB)
+
+  model = trained_model.load(workdir)
+  images, _ = _eval_examples(model)
+  np.save(tmp_path / 'images.npy', images)
+  # A fresh interpreter, outside the repository, that never imports clan_jax.
+  script = textwrap.dedent(f'''
+      import sys
+      import jax
+      import numpy as np
+      with open({str(out)!r}, 'rb') as f:
+        infer = jax.export.deserialize(bytearray(f.read()))
+      images = np.load({str(tmp_path / 'images.npy')!r})
+      outputs = {{'all': infer.call(images), 'three': infer.call(images[:3])}}
+      np.savez({str(tmp_path / 'outputs.npz')!r}, **{{
+          f'{{size}}/{{jax.tree_util.keystr(path)}}': leaf for size, tree in outputs.items()
+          for path, leaf in jax.tree.leaves_with_path(tree)}})
+      assert not any(m.startswith('clan_jax') for m in sys.modules), 'imported clan_jax'
+      ''')
+  fresh = subprocess.run([sys.executable, '-c', script], cwd=tmp_path, capture_output=True,
+                         text=True, timeout=300)
+  assert fresh.returncode == 0, fresh.stderr[-3000:]
+  reloaded = np.load(tmp_path / 'outputs.npz')
+  live = model.model.apply(model.variables, images, train=False)
+  for path, leaf in jax.tree.leaves_with_path(live):
+    key = jax.tree_util.keystr(path)
+    np.testing.assert_allclose(reloaded[f'all/{key}'], leaf, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(reloaded[f'three/{key}'], leaf[:3], rtol=1e-5, atol=1e-6)
+  assert len(reloaded.files) == 2 * 5
