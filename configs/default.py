@@ -71,6 +71,16 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.zero_init_residual = True
   config.model.clca.inner_ratio = 0.5
 
+  # --- Initialisation (README, "Pretrained weights") ---
+  config.init = ml_collections.ConfigDict()
+  # A torchvision / timm ResNet for the backbone: a .npz from
+  # `python -m clan_jax.tools.convert_weights`, or a .safetensors / .pth converted
+  # on the fly. Its depth and width must match config.model.
+  config.init.backbone_weights = ml_collections.FieldReference(None, field_type=str)
+  # A train.py workdir whose latest checkpoint gives every param and batch stat
+  # (fine-tuning a trained CLAN; same model config and number of classes).
+  config.init.checkpoint = ml_collections.FieldReference(None, field_type=str)
+
   # --- Loss and optimisation ---
   # Per-branch loss weights; a branch not listed weighs 1. Branch names: the
   # mid-level taps (e.g. 'layer2'), 'top' (L_N) and 'refined' (the CLSA map).

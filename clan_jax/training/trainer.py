@@ -10,7 +10,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from clan_jax import checkpointing, models, sharding, trained_model
+from clan_jax import checkpointing, models, pretrained, sharding, trained_model
 from clan_jax.data import input_pipeline
 from clan_jax.training import optimizer, steps
 from clan_jax.training.train_state import TrainState, create_train_state
@@ -86,6 +86,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                                  config.model.use_clsa)
   tx, learning_rate_fn = optimizer.create_optimizer(config, steps_per_epoch, total_steps)
   state = create_train_state(model, tx, jax.random.key(config.seed), config.image_size, mesh)
+  # config.init (pretrained backbone or a trained workdir); a checkpoint in
+  # `workdir` (resuming) replaces it below.
+  state = pretrained.initialize(state, config)
   state_sharding = sharding.state_sharding(mesh, state)
 
   checkpointer = checkpointing.Checkpointer(

@@ -1,0 +1,329 @@
+"""Pretrained initialisation: torchvision / timm ResNet weights, or a trained workdir.
+
+A torchvision or timm ResNet-18/34/50/101/152 state dict (`.safetensors`, read
+without PyTorch, or `.pth`, read with `torch.load(weights_only=True)`) converts
+to the backbone's variables. The Flax tree mirrors torchvision's keys (see
+models/resnet.py), so the mapping is a rename plus a layout change:
+
+  conv1.weight [O, I, H, W]              -> params/conv1/kernel [H, W, I, O]
+  bn1.weight, bn1.bias                   -> params/bn1/scale, params/bn1/bias
+  bn1.running_mean, bn1.running_var      -> batch_stats/bn1/mean, batch_stats/bn1/var
+  layer1.0.downsample.0 / .1             -> layer1/0/downsample_conv / downsample_bn
+  fc.weight [K, C], fc.bias              -> params/fc/kernel [C, K], params/fc/bias
+
+`fc` is kept for parity checks; CLAN's backbone has no `fc` and ignores it.
+Converted weights are saved as a flat `.npz` (these keys, plus `variant`).
+
+`initialize` applies `config.init` to a fresh train state, checking the file's
+depth, keys and shapes first and naming every offending key.
+"""
+import dataclasses
+import os
+import pickle
+import re
+from typing import Any
+
+from absl import logging
+from flax import traverse_util
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from clan_jax import trained_model
+from clan_jax.models.resnet import RESNET_VARIANTS, STAGE_NAMES, Bottleneck, create_resnet
+from clan_jax.training.train_state import TrainState
+
+VARIANT_KEY = 'variant'
+_FC = 'params/fc/'
+_BACKBONE = 'backbone'  # CLAN's name for its ResNet
+_TORCH_SUFFIXES = ('.pth', '.pt', '.bin')
+# A timm / torchvision checkpoint may wrap its state dict in a training record.
+_WRAPPER_KEYS = ('state_dict', 'model')
+_BN_LEAVES = {'weight': 'params/{}/scale', 'bias': 'params/{}/bias',
+              'running_mean': 'batch_stats/{}/mean', 'running_var': 'batch_stats/{}/var'}
+
+
+@dataclasses.dataclass(frozen=True)
+class BackboneWeights:
+  """A converted ResNet: `variant` (e.g. 'resnet50') and its arrays by flat key.
+
+  `arrays` maps 'params/layer1/0/conv1/kernel', 'batch_stats/bn1/mean', ... to
+  float32 numpy arrays in Flax layout; 'params/fc/kernel' and 'params/fc/bias'
+  are present when the file had a classifier.
+  """
+
+  variant: str
+  arrays: dict[str, np.ndarray]
+
+  @property
+  def width(self) -> int:
+    return self.arrays['params/conv1/kernel'].shape[-1]
+
+  @property
+  def num_classes(self) -> int | None:
+    fc_bias = self.arrays.get(_FC + 'bias')
+    return None if fc_bias is None else fc_bias.shape[0]
+
+  def variables(self) -> dict[str, Any]:
+    """Nested {'params', 'batch_stats'} for create_resnet(variant, width, num_classes)."""
+    return traverse_util.unflatten_dict(self.arrays, sep='/')
+
+
+class WeightsMismatchError(ValueError):
+  """Weights whose keys or shapes do not fit the model they are loaded into."""
+
+
+# --- Reading state dicts -------------------------------------------------------------
+
+
+def _read_torch(path: str) -> Any:
+  try:
+    import torch  # pylint: disable=g-import-not-at-top
+  except ImportError as e:
+    raise ImportError(
+        f'Reading {path} needs PyTorch: `pip install torch` (the CPU build is '
+        'enough), or use the checkpoint as a .safetensors file, which needs no '
+        'PyTorch.') from e
+  try:
+    # weights_only: tensors and plain containers only, so a malicious pickle
+    # cannot run code.
+    return torch.load(path, map_location='cpu', weights_only=True)
+  except pickle.UnpicklingError as e:
+    # PyTorch's message also suggests weights_only=False, which this never does.
+    reason = next((line.strip() for line in str(e).splitlines()
+                   if 'WeightsUnpickler error' in line), str(e))
+    raise ValueError(
+        f'{path} holds pickled Python objects other than tensors, so it was not '
+        'loaded: unpickling them could run arbitrary code (torch.load with '
+        'weights_only=True refused it). Save the bare state dict '
+        '(torch.save(model.state_dict(), ...)) or a .safetensors file from a '
+        f'trusted environment. PyTorch: {reason}') from e
+
+
+def _to_numpy(value: Any) -> np.ndarray | None:
+  if isinstance(value, np.ndarray):
+    return value
+  if hasattr(value, 'detach'):  # a torch.Tensor
+    value = value.detach().cpu()
+    return (value.float() if value.is_floating_point() else value).numpy()
+  return None
+
+
+def load_state_dict(path: str) -> dict[str, np.ndarray]:
+  """A torchvision / timm state dict from `.safetensors` or `.pth`, as numpy arrays.
+
+  Unwraps {'state_dict': ...} and {'model': ...}; keys are left as they are.
+  """
+  if not os.path.exists(path):
+    raise FileNotFoundError(f'Pretrained weights file {path} not found.')
+  if path.endswith('.safetensors'):
+    from safetensors import numpy as safetensors_numpy  # pylint: disable=g-import-not-at-top
+    loaded = safetensors_numpy.load_file(path)
+  elif path.endswith(_TORCH_SUFFIXES):
+    loaded = _read_torch(path)
+  else:
+    raise ValueError(f'{path}: expected a .safetensors, .npz or {"/".join(_TORCH_SUFFIXES)} '
+                     'file.')
+  for wrapper in _WRAPPER_KEYS:
+    if isinstance(loaded, dict) and isinstance(loaded.get(wrapper), dict):
+      loaded = loaded[wrapper]
+  if not isinstance(loaded, dict):
+    raise ValueError(f'{path} holds a {type(loaded).__name__}, not a state dict.')
+  state_dict, not_arrays = {}, []
+  for key, value in loaded.items():
+    array = _to_numpy(value)
+    if array is None:
+      not_arrays.append(key)
+    else:
+      state_dict[key] = array
+  if not_arrays:
+    raise ValueError(f'{path}: these entries are not tensors: {sorted(not_arrays)}.')
+  return state_dict
+
+
+# --- Conversion ----------------------------------------------------------------------
+
+
+def _flax_key(torch_key: str, ndim: int) -> str | None:
+  """'layer1.0.downsample.1.running_var' -> 'batch_stats/layer1/0/downsample_bn/var'.
+
+  None for a key that is no torchvision ResNet parameter.
+  """
+  *modules, leaf = torch_key.split('.')
+  if modules[-2:] in (['downsample', '0'], ['downsample', '1']):
+    modules = modules[:-2] + ['downsample_conv' if modules[-1] == '0' else 'downsample_bn']
+  module = '/'.join(modules)
+  if leaf == 'weight' and ndim in (2, 4):  # conv or linear
+    return f'params/{module}/kernel'
+  if leaf in _BN_LEAVES and ndim == 1:  # BatchNorm, or fc's bias
+    return _BN_LEAVES[leaf].format(module)
+  return None
+
+
+def infer_variant(keys: list[str], source: str = 'the weights') -> str:
+  """The RESNET_VARIANTS name of flat Flax keys: block type from conv3, depth from block counts."""
+  blocks = [set() for _ in STAGE_NAMES]
+  for key in keys:
+    match = re.match(r'params/layer(\d)/(\d+)/', key)
+    if match and 1 <= int(match[1]) <= len(STAGE_NAMES):
+      blocks[int(match[1]) - 1].add(int(match[2]))
+  stage_sizes = tuple(len(b) for b in blocks)
+  bottleneck = any(re.match(r'params/layer\d/\d+/conv3/', key) for key in keys)
+  for name, (sizes, block_cls) in RESNET_VARIANTS.items():
+    if tuple(sizes) == stage_sizes and (block_cls is Bottleneck) == bottleneck:
+      return name
+  raise WeightsMismatchError(
+      f'{source} is no torchvision ResNet: {stage_sizes} '
+      f'{"bottleneck" if bottleneck else "basic"} blocks per stage; known: '
+      + ', '.join(f'{n} {tuple(s)} {c.__name__}' for n, (s, c) in RESNET_VARIANTS.items())
+      + '.')
+
+
+def _flatten(tree: Any) -> dict[str, Any]:
+  return traverse_util.flatten_dict(tree, sep='/')
+
+
+def check_arrays(arrays: dict[str, Any], expected: dict[str, Any], source: str,
+                 target: str) -> None:
+  """Raises WeightsMismatchError listing every missing, unexpected and mis-shaped key.
+
+  Args:
+    arrays: flat key -> array (anything with .shape) read from `source`.
+    expected: flat key -> array or ShapeDtypeStruct of the model (`target`).
+  """
+  missing = sorted(set(expected) - set(arrays))
+  unexpected = sorted(set(arrays) - set(expected))
+  mis_shaped = sorted(f'{k}: file {tuple(arrays[k].shape)}, model {tuple(expected[k].shape)}'
+                      for k in set(arrays) & set(expected)
+                      if tuple(arrays[k].shape) != tuple(expected[k].shape))
+  problems = [f'{title} ({len(keys)}):\n  ' + '\n  '.join(keys)
+              for title, keys in (('missing keys', missing), ('unexpected keys', unexpected),
+                                  ('shape mismatches', mis_shaped)) if keys]
+  if problems:
+    raise WeightsMismatchError(f'{source} does not fit {target}:\n' + '\n'.join(problems))
+
+
+def convert_state_dict(state_dict: dict[str, np.ndarray], variant: str | None = None,
+                       source: str = 'the state dict') -> BackboneWeights:
+  """A torchvision / timm ResNet state dict (torch keys) -> checked BackboneWeights.
+
+  `variant` defaults to the one the keys imply; a different one is an error,
+  as is any key or shape that the variant's ResNet does not have. 'module.'
+  prefixes (DataParallel) and BatchNorm's `num_batches_tracked` are ignored.
+  """
+  arrays, unknown = {}, []
+  for torch_key, value in state_dict.items():
+    torch_key = torch_key.removeprefix('module.')
+    if torch_key.endswith('.num_batches_tracked'):
+      continue
+    key = _flax_key(torch_key, value.ndim)
+    if key is None:
+      unknown.append(torch_key)
+      continue
+    value = np.asarray(value, np.float32)
+    if value.ndim == 4:
+      value = value.transpose(2, 3, 1, 0)  # OIHW -> HWIO
+    elif value.ndim == 2:
+      value = value.T  # [out, in] -> [in, out]
+    arrays[key] = np.ascontiguousarray(value)
+  if unknown:
+    raise WeightsMismatchError(f'{source} has keys that are no torchvision ResNet '
+                               f'parameters (unexpected keys): {sorted(unknown)}.')
+  found = infer_variant(list(arrays), source)
+  if variant is not None and variant != found:
+    raise WeightsMismatchError(f'{source} holds a {found}, not the requested {variant}.')
+  if 'params/conv1/kernel' not in arrays:  # it gives the width
+    raise WeightsMismatchError(f'{source} has no stem conv (missing keys: conv1.weight).')
+  weights = BackboneWeights(found, arrays)
+  model = create_resnet(found, width=weights.width, num_classes=weights.num_classes)
+  shapes = jax.eval_shape(
+      lambda: model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)), train=False))
+  check_arrays(arrays, _flatten(shapes), source,
+               f'a {found} of width {weights.width}')
+  return weights
+
+
+def save_npz(path: str, weights: BackboneWeights) -> None:
+  """Writes the flat arrays and the variant name; `load_weights` reads it back."""
+  with open(path, 'wb') as f:
+    np.savez(f, **weights.arrays, **{VARIANT_KEY: np.array(weights.variant)})
+
+
+def load_weights(path: str, variant: str | None = None) -> BackboneWeights:
+  """Converted weights from a `.npz` of `save_npz`, or a `.safetensors` / `.pth` converted now."""
+  if not path.endswith('.npz'):
+    return convert_state_dict(load_state_dict(path), variant, source=path)
+  if not os.path.exists(path):
+    raise FileNotFoundError(f'Pretrained weights file {path} not found.')
+  with np.load(path, allow_pickle=False) as npz:
+    arrays = {k: npz[k] for k in npz.files}
+  if VARIANT_KEY not in arrays:
+    raise ValueError(f'{path} has no {VARIANT_KEY!r} entry: it was not written by '
+                     'clan_jax.tools.convert_weights.')
+  weights = BackboneWeights(str(arrays.pop(VARIANT_KEY)), arrays)
+  if variant is not None and variant != weights.variant:
+    raise WeightsMismatchError(f'{path} holds a {weights.variant}, not the requested {variant}.')
+  return weights
+
+
+# --- Initialising a train state ------------------------------------------------------
+
+
+def _replace_variables(state: TrainState, arrays: dict[str, Any]) -> TrainState:
+  """`state` with the leaves named by flat `arrays` keys replaced, in each leaf's
+  dtype and sharding."""
+  flat = _flatten({'params': state.params, 'batch_stats': state.batch_stats})
+  for key, value in arrays.items():
+    leaf = flat[key]
+    flat[key] = jax.device_put(np.asarray(value).astype(leaf.dtype), leaf.sharding)
+  variables = traverse_util.unflatten_dict(flat, sep='/')
+  return state.replace(params=variables['params'], batch_stats=variables['batch_stats'])
+
+
+def initialize(state: TrainState, config: ml_collections.ConfigDict) -> TrainState:
+  """Applies `config.init` to a freshly initialised train state.
+
+  config.init.backbone_weights: a converted `.npz` or a `.safetensors` / `.pth`
+  ResNet, which replaces the params and batch_stats under 'backbone'.
+  config.init.checkpoint: a train.py workdir whose latest checkpoint replaces
+  all params and batch_stats (not the step or optimizer state).
+  Raises before anything is replaced if the file's depth, keys or shapes do not
+  match the model of `config.model`. Returns `state` unchanged if neither is set.
+  """
+  init = config.init
+  if init.backbone_weights and init.checkpoint:
+    raise ValueError('Set at most one of config.init.backbone_weights and '
+                     'config.init.checkpoint.')
+  if not (init.backbone_weights or init.checkpoint):
+    return state
+  expected = _flatten({'params': state.params, 'batch_stats': state.batch_stats})
+  if init.backbone_weights:
+    source = init.backbone_weights
+    weights = load_weights(source)
+    if weights.variant != config.model.backbone:
+      raise WeightsMismatchError(
+          f'{source} holds a {weights.variant} backbone, but '
+          f'config.model.backbone={config.model.backbone!r}.')
+    arrays = {}
+    for key, value in weights.arrays.items():
+      if not key.startswith(_FC):  # CLAN has its own heads
+        kind, rest = key.split('/', 1)
+        arrays[f'{kind}/{_BACKBONE}/{rest}'] = value
+    expected = {k: v for k, v in expected.items() if k.split('/')[1] == _BACKBONE}
+    target = (f'the {config.model.backbone} backbone of width '
+              f'{config.model.backbone_width} (config.model)')
+  else:
+    source = init.checkpoint
+    trained = trained_model.load(source)
+    arrays = _flatten(jax.device_get(trained.variables))
+    target = ('the model of config.model (config.init.checkpoint needs the same '
+              'architecture and number of classes)')
+    logging.info('config.init.checkpoint %s is at step %d.', source, trained.step)
+  check_arrays(arrays, expected, source, target)
+  state = _replace_variables(state, arrays)
+  loaded_modules = {k.split('/')[1] for k in arrays}
+  fresh = sorted(set(state.params) - loaded_modules)
+  logging.info('Initialised %d arrays (%s) from %s; freshly initialised: %s.',
+               len(arrays), ', '.join(sorted(loaded_modules)), source, fresh or 'nothing')
+  return state

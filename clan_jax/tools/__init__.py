@@ -1,0 +1,1 @@
+"""Command-line tools: `python -m clan_jax.tools.<name>`."""

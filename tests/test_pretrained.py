@@ -1,0 +1,313 @@
+"""Pretrained weights: torchvision-layout PyTorch ResNets -> Flax, parity, strict checks, init."""
+import logging
+import os
+import subprocess
+import sys
+
+from flax import traverse_util
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import safetensors.torch
+import torch
+
+from clan_jax import checkpointing, models, pretrained, sharding, trained_model
+from clan_jax.models.resnet import STAGE_NAMES
+from clan_jax.training import optimizer, steps, trainer
+from clan_jax.training.train_state import abstract_train_state, create_train_state
+from configs import test as test_config
+from tests import torch_resnet
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# Relative error max|flax - torch| / max|torch| per output, float32 on both sides.
+PARITY_RTOL = 1e-4
+# configs/test.py's backbone.
+TINY = dict(variant='resnet18', width=4, num_classes=4)
+
+
+def _save(state_dict, directory, name) -> dict[str, str]:
+  """Writes `state_dict` as .pth and .safetensors; returns both paths by suffix."""
+  paths = {'pth': os.path.join(directory, f'{name}.pth'),
+           'safetensors': os.path.join(directory, f'{name}.safetensors')}
+  torch.save(state_dict, paths['pth'])
+  safetensors.torch.save_file(state_dict, paths['safetensors'])
+  return paths
+
+
+@pytest.fixture(scope='module')
+def tiny(tmp_path_factory):
+  """configs/test.py's backbone as a PyTorch state dict, and its .pth and .safetensors."""
+  state_dict = torch_resnet.resnet(**TINY).state_dict()
+  return state_dict, _save(state_dict, str(tmp_path_factory.mktemp('tiny')), 'resnet18_w4')
+
+
+def _numpy_state_dict(state_dict):
+  return {k: v.numpy() for k, v in state_dict.items()}
+
+
+def _config(**init):
+  config = test_config.get_config()
+  config.init.update(init)
+  return config
+
+
+def _setup(config, num_classes=4):
+  """The model, optimizer and mesh of `config`, as the trainer builds them."""
+  mesh = sharding.create_mesh(config.mesh)
+  model = models.create_model(config.model, num_classes)
+  tx, lr_fn = optimizer.create_optimizer(config, steps_per_epoch=4, total_steps=100)
+  return model, tx, lr_fn, mesh
+
+
+@pytest.fixture(scope='module')
+def fresh_state():
+  """A freshly initialised train state of configs/test.py (4 classes); compiling
+  its init takes most of a CPU test's time, so tests share it."""
+  config = test_config.get_config()
+  model, tx, _, mesh = _setup(config)
+  return create_train_state(model, tx, jax.random.key(0), config.image_size, mesh)
+
+
+def _abstract_state(config, num_classes=4):
+  """Shapes and shardings only: enough for checks that fail before replacing anything."""
+  model, tx, _, mesh = _setup(config, num_classes)
+  return abstract_train_state(model, tx, config.image_size, mesh)
+
+
+@pytest.mark.parametrize('variant', ['resnet18', 'resnet50'])
+def test_converted_weights_reproduce_torch_stages_and_logits(variant, tmp_path):
+  """Full-width torchvision architectures, random weights and BN statistics."""
+  model = torch_resnet.resnet(variant, width=64, num_classes=10)
+  paths = _save(model.state_dict(), str(tmp_path), variant)
+  converted = {suffix: pretrained.load_weights(path) for suffix, path in paths.items()}
+  pretrained.save_npz(str(tmp_path / 'w.npz'), converted['pth'])
+  converted['npz'] = pretrained.load_weights(str(tmp_path / 'w.npz'))
+  for weights in converted.values():
+    assert weights.variant == variant and weights.width == 64 and weights.num_classes == 10
+    assert weights.arrays.keys() == converted['pth'].arrays.keys()
+    for key, array in weights.arrays.items():
+      np.testing.assert_array_equal(array, converted['pth'].arrays[key], err_msg=key)
+
+  flax_model = models.create_resnet(variant, num_classes=10)
+  apply = jax.jit(lambda variables, x: flax_model.apply(variables, x, train=False))
+  # 72 and 97 are not multiples of 32: odd sizes on the way down test the padding.
+  for resolution in (64, 72, 97):
+    images = np.random.default_rng(resolution).normal(
+        size=(2, resolution, resolution, 3)).astype(np.float32)
+    with torch.no_grad():
+      expected = model(torch.from_numpy(images.transpose(0, 3, 1, 2)))
+    for source, weights in converted.items():
+      with jax.default_matmul_precision('highest'):
+        outputs = jax.device_get(apply(weights.variables(), images))
+      for name in (*STAGE_NAMES, 'logits'):
+        reference = expected[name].numpy()
+        if reference.ndim == 4:
+          reference = reference.transpose(0, 2, 3, 1)  # NCHW -> NHWC
+        assert outputs[name].shape == reference.shape, name
+        error = np.abs(outputs[name] - reference).max() / np.abs(reference).max()
+        assert error < PARITY_RTOL, (source, resolution, name, error)
+
+
+def test_command_line_converts_a_pth(tiny, tmp_path):
+  state_dict, paths = tiny
+  out = str(tmp_path / 'tiny.npz')
+  result = subprocess.run(
+      [sys.executable, '-m', 'clan_jax.tools.convert_weights', f'--src={paths["pth"]}',
+       f'--out={out}'], cwd=REPO, capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert 'resnet18 of width 4' in result.stdout
+  weights = pretrained.load_weights(out, variant='resnet18')
+  direct = pretrained.convert_state_dict(_numpy_state_dict(state_dict))
+  assert weights.arrays.keys() == direct.arrays.keys()
+  for key in direct.arrays:
+    np.testing.assert_array_equal(weights.arrays[key], direct.arrays[key], err_msg=key)
+
+
+def test_bfloat16_safetensors_convert_to_float32(tiny, tmp_path):
+  state_dict, _ = tiny
+  path = str(tmp_path / 'bfloat16.safetensors')
+  safetensors.torch.save_file({k: v.bfloat16() for k, v in state_dict.items()}, path)
+  weights = pretrained.load_weights(path)  # numpy reads bfloat16 through ml_dtypes (JAX's)
+  kernel = state_dict['conv1.weight'].bfloat16().float().numpy().transpose(2, 3, 1, 0)
+  assert weights.arrays['params/conv1/kernel'].dtype == np.float32
+  np.testing.assert_array_equal(weights.arrays['params/conv1/kernel'], kernel)
+
+
+def test_wrapped_and_data_parallel_state_dicts_convert(tiny, tmp_path):
+  state_dict, _ = tiny
+  path = str(tmp_path / 'wrapped.pth')
+  torch.save({'epoch': 3, 'state_dict': {f'module.{k}': v for k, v in state_dict.items()}},
+             path)
+  wrapped = pretrained.load_weights(path)
+  direct = pretrained.convert_state_dict(_numpy_state_dict(state_dict))
+  assert wrapped.arrays.keys() == direct.arrays.keys()
+  for key in direct.arrays:
+    np.testing.assert_array_equal(wrapped.arrays[key], direct.arrays[key], err_msg=key)
+
+
+def test_clan_from_converted_weights_starts_as_the_backbone_then_trains(
+    tiny, fresh_state, caplog):
+  _, paths = tiny
+  caplog.set_level(logging.INFO)
+  config = _config(backbone_weights=paths['safetensors'])
+  state = pretrained.initialize(fresh_state, config)
+  # torchvision's 102 ResNet-18 tensors (without num_batches_tracked) less fc's 2.
+  assert f'Initialised 100 arrays (backbone) from {paths["safetensors"]}' in caplog.text
+  assert "freshly initialised: ['clca_layer2', 'clca_layer3', 'clsa_layer2'" in caplog.text
+  weights = pretrained.load_weights(paths['safetensors'])
+  for key, array in weights.arrays.items():
+    if not key.startswith('params/fc/'):
+      kind, rest = key.split('/', 1)
+      leaf = traverse_util.flatten_dict(getattr(state, kind)['backbone'], sep='/')[rest]
+      np.testing.assert_array_equal(leaf, array, err_msg=key)
+      assert leaf.sharding == fresh_state.params['backbone']['conv1']['kernel'].sharding
+  # Everything outside the backbone is untouched.
+  for name in set(fresh_state.params) - {'backbone'}:
+    jax.tree.map(np.testing.assert_array_equal, state.params[name], fresh_state.params[name])
+
+  model, _, lr_fn, mesh = _setup(config)
+  images = np.random.default_rng(0).normal(size=(8, 32, 32, 3)).astype(np.float32)
+  variables = {'params': state.params, 'batch_stats': state.batch_stats}
+  _, intermediates = model.apply(variables, images, train=False,
+                                 capture_intermediates=True, mutable=['intermediates'])
+  intermediates = intermediates['intermediates']
+  features = intermediates['backbone']['__call__'][0]
+  standalone = models.create_resnet('resnet18', width=4, num_classes=4).apply(
+      weights.variables(), images, train=False)
+  np.testing.assert_array_equal(features['layer4'], standalone['layer4'])
+  for tap in config.model.mid_level_taps:  # zero-initialised CLCA is the identity
+    np.testing.assert_array_equal(intermediates[f'clca_{tap}']['__call__'][0], features[tap])
+
+  branches = models.branch_names(config.model.mid_level_taps, True, True)
+  train_step = steps.jit_train_step(
+      mesh, sharding.state_sharding(mesh, state), branch_weights={}, label_smoothing=0.0,
+      learning_rate_fn=lr_fn, grad_accum_steps=1,
+      metrics_cls=steps.train_metrics_collection(branches))
+  batch = jax.device_put({'image': images, 'label': np.arange(8, dtype=np.int32) % 4},
+                         sharding.batch_sharding(mesh))
+  state = jax.tree.map(jnp.copy, state)  # the step donates it; the fixture is shared
+  for _ in range(3):
+    state, metrics = train_step(state, batch)
+    assert np.isfinite(float(metrics.compute()['loss']))
+  assert int(state.step) == 3
+  assert not np.array_equal(state.params['backbone']['conv1']['kernel'],
+                            weights.arrays['params/conv1/kernel'])
+
+
+def test_checkpoint_initialises_every_variable(fresh_state, tmp_path):
+  config = test_config.get_config()
+  trained = jax.jit(lambda s: jax.tree.map(lambda x: x + jnp.asarray(3, x.dtype), s))(
+      fresh_state)
+  workdir = str(tmp_path / 'trained')
+  trained_model.save_run_info(workdir, config, ['a', 'b', 'c', 'd'])
+  checkpointer = checkpointing.Checkpointer(os.path.join(workdir, 'checkpoints'),
+                                            save_every_steps=1, max_to_keep=1)
+  checkpointer.save(5, trained)
+  checkpointer.wait_until_finished()
+  checkpointer.close()
+
+  loaded = pretrained.initialize(fresh_state, _config(checkpoint=workdir))
+  assert int(loaded.step) == 0
+  jax.tree.map(np.testing.assert_array_equal, (loaded.params, loaded.batch_stats),
+               (trained.params, trained.batch_stats))
+  # Another number of classes: the heads do not fit, and are named.
+  with pytest.raises(pretrained.WeightsMismatchError,
+                     match=r'(?s)shape mismatches.*params/head_top/fc/kernel: '
+                           r'file \(32, 4\), model \(32, 5\)'):
+    pretrained.initialize(_abstract_state(config, num_classes=5), _config(checkpoint=workdir))
+  with pytest.raises(FileNotFoundError, match='not a train.py workdir'):
+    pretrained.initialize(fresh_state, _config(checkpoint=str(tmp_path)))
+
+
+# --- Errors --------------------------------------------------------------------------
+
+
+def test_missing_unexpected_and_mis_shaped_keys_are_listed(tiny):
+  state_dict, _ = tiny
+  state_dict = _numpy_state_dict(state_dict)
+  missing = dict(state_dict)
+  del missing['layer1.0.bn1.running_var'], missing['layer4.1.conv2.weight']
+  with pytest.raises(pretrained.WeightsMismatchError,
+                     match=r'(?s)missing keys \(2\).*batch_stats/layer1/0/bn1/var.*'
+                           r'params/layer4/1/conv2/kernel'):
+    pretrained.convert_state_dict(missing)
+  unexpected = {**state_dict, 'layer1.0.se.fc.weight': np.zeros((4, 4), np.float32),
+                'layer2.0.attn.scale': np.zeros(4, np.float32)}
+  with pytest.raises(pretrained.WeightsMismatchError,
+                     match=r"unexpected keys.*'layer2.0.attn.scale'"):
+    pretrained.convert_state_dict(unexpected)
+  del unexpected['layer2.0.attn.scale']
+  with pytest.raises(pretrained.WeightsMismatchError,
+                     match='unexpected keys .1.:\n  params/layer1/0/se/fc/kernel'):
+    pretrained.convert_state_dict(unexpected)
+  mis_shaped = {**state_dict, 'layer1.0.conv1.weight': np.zeros((4, 4, 5, 5), np.float32)}
+  with pytest.raises(pretrained.WeightsMismatchError,
+                     match=r'params/layer1/0/conv1/kernel: file \(5, 5, 4, 4\), '
+                           r'model \(3, 3, 4, 4\)'):
+    pretrained.convert_state_dict(mis_shaped)
+
+
+def test_depth_and_width_mismatches_stop_training_before_it_starts(tiny, data_dir, tmp_path):
+  state_dict, paths = tiny
+  with pytest.raises(pretrained.WeightsMismatchError, match='holds a resnet18, not the '
+                     'requested resnet50'):
+    pretrained.load_weights(paths['safetensors'], variant='resnet50')
+  one_block_short = {k: v.numpy() for k, v in state_dict.items() if 'layer4.1.' not in k}
+  with pytest.raises(pretrained.WeightsMismatchError,
+                     match=r'no torchvision ResNet: \(2, 2, 2, 1\) basic blocks'):
+    pretrained.convert_state_dict(one_block_short)
+  config = _config(backbone_weights=paths['safetensors'])
+  config.data_dir = data_dir
+  config.model.backbone = 'resnet34'
+  with pytest.raises(pretrained.WeightsMismatchError,
+                     match="holds a resnet18 backbone, but config.model.backbone='resnet34'"):
+    trainer.train_and_evaluate(config, str(tmp_path))
+  assert not os.path.exists(tmp_path / 'checkpoints')
+  config = _config(backbone_weights=paths['safetensors'])
+  config.model.backbone_width = 8
+  with pytest.raises(pretrained.WeightsMismatchError,
+                     match=r'(?s)width 8.*params/backbone/conv1/kernel: '
+                           r'file \(7, 7, 3, 4\), model \(7, 7, 3, 8\)'):
+    pretrained.initialize(_abstract_state(config), config)
+
+
+def test_missing_file_and_two_sources_are_errors(tiny, tmp_path):
+  _, paths = tiny
+  for name in ('absent.npz', 'absent.safetensors', 'absent.pth'):
+    with pytest.raises(FileNotFoundError, match=name):
+      pretrained.load_weights(str(tmp_path / name))
+  config = _config(backbone_weights=paths['pth'], checkpoint=str(tmp_path))
+  with pytest.raises(ValueError, match='at most one'):
+    pretrained.initialize(None, config)
+
+
+def test_pth_without_torch_says_what_to_install(tiny, monkeypatch):
+  _, paths = tiny
+  monkeypatch.setitem(sys.modules, 'torch', None)  # `import torch` now fails
+  with pytest.raises(ImportError, match=r'(?s)pip install torch.*\.safetensors'):
+    pretrained.load_weights(paths['pth'])
+  assert pretrained.load_weights(paths['safetensors']).variant == 'resnet18'
+
+
+_EXECUTED = []
+
+
+def _mark_executed():
+  _EXECUTED.append(True)
+
+
+class _Payload:
+  """Unpickling this would call a function: what a malicious checkpoint does."""
+
+  def __reduce__(self):
+    return _mark_executed, ()
+
+
+def test_pickled_objects_are_refused_not_executed(tiny, tmp_path):
+  state_dict, _ = tiny
+  path = str(tmp_path / 'malicious.pth')
+  torch.save({'model': dict(state_dict), 'payload': _Payload()}, path)
+  with pytest.raises(ValueError, match=r'(?s)not loaded.*arbitrary code.*weights_only'):
+    pretrained.load_weights(path)
+  assert not _EXECUTED
