@@ -42,6 +42,10 @@ def main(argv):
   if jax.process_index() == 0:
     print(f"\nTest accuracy (top-1, all branches combined): {results['top1_combined']:.2%} "
           f"on {results['num_examples']} images.")
+    if 'best_validation_step' in results:
+      print(f"Best on validation: step {results['best_validation_step']}, validation "
+            f"top-1 {results['best_validation_top1_combined']:.2%}, test top-1 "
+            f"{results['test_top1_combined_at_best_validation']:.2%}.")
 
 
 if __name__ == '__main__':

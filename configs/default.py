@@ -49,6 +49,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.data_dir = ml_collections.FieldReference(None, field_type=str)  # None: TFDS default
   config.train_split = 'train'
   config.eval_split = 'test'
+  # Hold out the last N% of train_split (fixed images) to select models on
+  # without the test set: it is evaluated beside eval_split, and the final
+  # report adds the test accuracy at the best validation step. 0: off.
+  config.validation_percent = 0
   # The synthetic dataset's size; ignored for other datasets.
   config.synthetic = ml_collections.ConfigDict()
   config.synthetic.num_classes = 32
@@ -60,6 +64,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.image_size = 128  # crop fed to the model
   config.shuffle_buffer_size = 2048
   config.cache = True  # cache decoded examples in memory
+  # Crop every image (train and eval) to its object's bounding box before
+  # resizing; needs a dataset with a 'bbox' feature (CUB, Cars, Aircraft).
+  config.crop_to_bbox = False
   config.batch_size = 32  # global, over all devices and processes
   config.eval_batch_size = 64
   config.prefetch_batches = 2

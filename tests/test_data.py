@@ -201,3 +201,37 @@ def test_decode_and_resize_any_image(shape, encode, expected):
   pixels = np.random.default_rng(0).integers(0, 256, shape, dtype=np.uint8)
   image = input_pipeline.decode_and_resize(encode(pixels), 24)
   assert image.shape == expected and image.dtype == tf.uint8
+
+
+def test_validation_split_is_the_fixed_end_of_the_train_split(config, builder):
+  assert input_pipeline.split_names(config) == ('train', None)
+  config.validation_percent = 25
+  train, validation = input_pipeline.split_names(config)
+  assert (train, validation) == ('train[:75%]', 'train[75%:]')
+  train_ids = set(_encoded_examples(builder, train))
+  validation_ids = set(_encoded_examples(builder, validation))
+  assert not train_ids & validation_ids
+  assert train_ids | validation_ids == set(_encoded_examples(builder, 'train'))
+  assert len(validation_ids) == input_pipeline.num_examples(builder, validation) > 0
+
+
+@pytest.mark.parametrize('percent', [100, -1])
+def test_bad_validation_percent_is_named(config, percent):
+  config.validation_percent = percent
+  with pytest.raises(ValueError, match='config.validation_percent'):
+    input_pipeline.split_names(config)
+
+
+def test_crop_to_box_keeps_the_pixels_the_box_touches():
+  image = tf.reshape(tf.range(10 * 20 * 3, dtype=tf.int32), (10, 20, 3))
+  crop = input_pipeline.crop_to_box(image, tf.constant([0.2, 0.5, 0.55, 0.61]))
+  # Rows 2..5 (0.55 * 10 = 5.5 touches row 5), columns 10..12 (12.2 touches 12).
+  np.testing.assert_array_equal(crop, image[2:6, 10:13])
+  empty_box = input_pipeline.crop_to_box(image, tf.constant([0.5, 0.5, 0.5, 0.5]))
+  assert empty_box.shape == (1, 1, 3)
+
+
+def test_crop_to_bbox_needs_boxes(config):
+  config.crop_to_bbox = True
+  with pytest.raises(ValueError, match='config.crop_to_bbox'):
+    input_pipeline.get_dataset_builder(config)

@@ -206,6 +206,17 @@ def test_bad_config_fields_are_named_before_training(data_dir, tmp_path):
   assert not os.path.exists(tmp_path / 'checkpoints')
 
 
+def test_validation_split_reports_the_best_step(data_dir, tmp_path):
+  config = _config(data_dir, validation_percent=25, num_train_steps=4,
+                   eval_every_epochs=1.0)
+  results = trainer.train_and_evaluate(config, str(tmp_path))
+  # 24 of the 32 training images remain: 3 steps an epoch, evaluations at 3 and 4.
+  assert results['best_validation_step'] in (3, 4)
+  assert 0.0 <= results['best_validation_top1_combined'] <= 1.0
+  assert 0.0 <= results['test_top1_combined_at_best_validation'] <= 1.0
+  assert results['num_examples'] == 16
+
+
 def test_train_py_trains_then_resumes(data_dir, tmp_path):
   """The command line end to end; the second run finds the final checkpoint."""
   command = [sys.executable, 'train.py', '--config=configs/test.py',

@@ -43,8 +43,13 @@ def get_dataset_builder(
       # Takes seconds. With several processes sharing a data_dir, process 0
       # alone should prepare it while the others wait at a barrier.
       builder.download_and_prepare()
-    return builder
+  else:
+    builder = _prepared_builder(config)
+  _check_features(config, builder)
+  return builder
 
+
+def _prepared_builder(config: ml_collections.ConfigDict) -> tfds.core.DatasetBuilder:
   try:
     builder = tfds.builder(config.dataset, data_dir=config.data_dir)
   except tfds.core.registered.DatasetNotFoundError as e:
@@ -54,8 +59,15 @@ def get_dataset_builder(
     raise FileNotFoundError(
         f'Dataset {config.dataset!r} (config.dataset) is not prepared in '
         f'{builder.data_dir_root} (config.data_dir). Datasets are never '
-        'downloaded at run time: prepare it beforehand, e.g. with `tfds build '
-        f'{config.dataset} --data_dir=...`, and point config.data_dir there.')
+        'downloaded at run time: prepare it once, with `python -m '
+        'clan_jax.data.prepare --dataset=cub|cars|aircraft --manual_dir=... '
+        '--data_dir=...` for the paper\'s datasets (README, "Datasets") or '
+        '`tfds build` for others, and point config.data_dir there.')
+  return builder
+
+
+def _check_features(config: ml_collections.ConfigDict,
+                    builder: tfds.core.DatasetBuilder) -> None:
   features = builder.info.features
   # FeaturesDict supports `in` and [] but has no .get().
   if 'image' not in features or 'label' not in features or not isinstance(
@@ -63,7 +75,30 @@ def get_dataset_builder(
     raise ValueError(
         f'config.dataset={config.dataset!r} needs an "image" and a "label" '
         f'(ClassLabel) feature; its features are {list(features.keys())}.')
-  return builder
+  if config.crop_to_bbox and 'bbox' not in features:
+    raise ValueError(f'config.crop_to_bbox is set, but {config.dataset!r} has no '
+                     f"'bbox' feature; its features are {list(features.keys())}.")
+
+
+def split_names(config: ml_collections.ConfigDict) -> tuple[str, str | None]:
+  """(the split to train on, the held-out validation split or None).
+
+  With config.validation_percent = p > 0, the last p% of config.train_split
+  (in the dataset's stored order, which TFDS fixes when it prepares the
+  dataset) is held out for validation: the same images on every run.
+  """
+  percent = config.validation_percent
+  if not percent:
+    return config.train_split, None
+  if not 0 < percent < 100:
+    raise ValueError(f'config.validation_percent={percent} must be between 1 '
+                     'and 99 (or 0 for no validation split).')
+  if '[' in config.train_split:
+    raise ValueError(
+        f'config.validation_percent needs a whole split in config.train_split, '
+        f'not the slice {config.train_split!r}.')
+  cut = 100 - percent
+  return f'{config.train_split}[:{cut}%]', f'{config.train_split}[{cut}%:]'
 
 
 def num_examples(builder: tfds.core.DatasetBuilder, split: str) -> int:
@@ -89,8 +124,9 @@ def create_train_dataset(config: ml_collections.ConfigDict,
   (seed, process index, i).
 
   Args:
-    config: the experiment config (train_split, resize_size, image_size,
-      batch_size, cache, shuffle_buffer_size).
+    config: the experiment config (train_split, validation_percent,
+      resize_size, image_size, batch_size, cache, shuffle_buffer_size,
+      crop_to_bbox).
     builder: a prepared builder (see `get_dataset_builder`).
     seed: the data seed.
 
@@ -100,7 +136,7 @@ def create_train_dataset(config: ml_collections.ConfigDict,
   """
   batch_size = _local_batch_size(config.batch_size, 'config.batch_size')
   _check_crop_size(config)
-  split = _process_splits(config.train_split)[jax.process_index()]
+  split = _process_splits(split_names(config)[0])[jax.process_index()]
   example_seed = tf.constant([seed, jax.process_index()], tf.int64)
 
   def augment(index: tf.Tensor, example: dict[str, tf.Tensor]):
@@ -196,7 +232,8 @@ def _decoded_examples(config: ml_collections.ConfigDict,
                       split: tfds.typing.SplitArg) -> tf.data.Dataset:
   """Decoded examples of `split`, in a fixed order, cached if config.cache.
 
-  Resizing is deterministic, so it happens before the cache, which then holds
+  Resizing (and, with config.crop_to_bbox, cropping to the object's bounding
+  box) is deterministic, so it happens before the cache, which then holds
   small uint8 images.
 
   Returns:
@@ -209,7 +246,10 @@ def _decoded_examples(config: ml_collections.ConfigDict,
                           read_config=tfds.ReadConfig(try_autocache=False))
 
   def decode(example: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
-    return {'image': decode_and_resize(example['image'], config.resize_size),
+    image = decode_rgb(example['image'])
+    if config.crop_to_bbox:
+      image = crop_to_box(image, example['bbox'])
+    return {'image': resize_shorter_side(image, config.resize_size),
             'label': tf.cast(example['label'], tf.int32)}
 
   ds = ds.map(decode, num_parallel_calls=tf.data.AUTOTUNE)
@@ -222,6 +262,17 @@ def decode_and_resize(encoded: tf.Tensor, size: int) -> tf.Tensor:
   The shorter side becomes `size`; the aspect ratio is kept.
   """
   return resize_shorter_side(decode_rgb(encoded), size)
+
+
+def crop_to_box(image: tf.Tensor, box: tf.Tensor) -> tf.Tensor:
+  """uint8 [H, W, 3] -> its pixels inside `box`, normalised (ymin, xmin, ymax, xmax).
+
+  The crop covers every pixel the box touches, and at least one.
+  """
+  size = tf.cast(tf.shape(image)[:2], tf.float32)
+  top_left = tf.cast(tf.floor(box[:2] * size), tf.int32)
+  bottom_right = tf.maximum(tf.cast(tf.math.ceil(box[2:] * size), tf.int32), top_left + 1)
+  return image[top_left[0]:bottom_right[0], top_left[1]:bottom_right[1]]
 
 
 def decode_rgb(encoded: tf.Tensor) -> tf.Tensor:

@@ -62,7 +62,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   """Trains (or resumes training) in `workdir`, then evaluates on config.eval_split.
 
   Checkpoints go to `workdir/checkpoints`, TensorBoard event files to `workdir`,
-  and the config to `workdir/config.json`. Returns the final eval metrics.
+  and the config and class names to `workdir/config.json`, `classes.json`.
+
+  Returns:
+    The final eval metrics (last step, config.eval_split). With
+    config.validation_percent, also 'best_validation_step',
+    'best_validation_top1_combined' and 'test_top1_combined_at_best_validation'
+    over the evaluations of this run.
   """
   validate_config(config)
   mesh = sharding.create_mesh(config.mesh)
@@ -74,10 +80,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
   builder = input_pipeline.get_dataset_builder(config)
   num_classes = input_pipeline.num_classes(builder)
-  steps_per_epoch = input_pipeline.num_examples(builder, config.train_split) // config.batch_size
+  train_split, validation_split = input_pipeline.split_names(config)
+  steps_per_epoch = input_pipeline.num_examples(builder, train_split) // config.batch_size
   if steps_per_epoch < 1:
     raise ValueError(f'config.batch_size={config.batch_size} is larger than the '
-                     f"'{config.train_split}' split of {config.dataset}.")
+                     f"'{train_split}' split of {config.dataset}.")
   total_steps = _total_steps(config, steps_per_epoch)
   eval_every = max(1, int(config.eval_every_epochs * steps_per_epoch))
 
@@ -110,8 +117,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       grad_accum_steps=config.grad_accum_steps, metrics_cls=train_metrics_cls)
   eval_step = steps.jit_eval_step(mesh, state_sharding, metrics_cls=eval_metrics_cls)
 
-  def run_eval() -> dict[str, float]:
-    eval_ds, _ = input_pipeline.create_eval_dataset(config, builder, config.eval_split)
+  def run_eval(split: str) -> dict[str, float]:
+    eval_ds, _ = input_pipeline.create_eval_dataset(config, builder, split)
     batches = sharding.to_global_batches(input_pipeline.as_numpy(eval_ds),
                                          sharding.batch_sharding(mesh))
     return evaluate(eval_step, state, batches, eval_metrics_cls)
@@ -135,6 +142,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     report_progress = periodic_actions.ReportProgress(
         num_train_steps=total_steps, writer=writer)
     train_metrics = train_metrics_cls.empty()
+    best_on_validation = {}
     for step in range(start_step + 1, total_steps + 1):
       with jax.profiler.StepTraceAnnotation('train', step_num=step):
         state, step_metrics = train_step(state, next(train_batches))
@@ -147,16 +155,29 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       # The last step always evaluates, so `eval_results` ends as the final one.
       if step % eval_every == 0 or step == total_steps:
         with report_progress.timed('eval'):
-          eval_results = run_eval()
+          eval_results = run_eval(config.eval_split)
         writer.write_scalars(step, {f'eval/{k}': v for k, v in eval_results.items()})
         logging.info('eval at step %d: %s', step,
                      _format(eval_results, ['top1_combined', 'top5_combined', 'loss']))
+        if validation_split:
+          with report_progress.timed('eval'):
+            validation = run_eval(validation_split)
+          writer.write_scalars(step, {f'validation/{k}': v for k, v in validation.items()})
+          logging.info('validation at step %d: %s', step,
+                       _format(validation, ['top1_combined', 'top5_combined', 'loss']))
+          if validation['top1_combined'] > best_on_validation.get(
+              'best_validation_top1_combined', -1.0):
+            best_on_validation = {
+                'best_validation_step': step,
+                'best_validation_top1_combined': validation['top1_combined'],
+                'test_top1_combined_at_best_validation': eval_results['top1_combined']}
       checkpointer.save(step, state, force=step == total_steps)
     checkpointer.wait_until_finished()
+    eval_results.update(best_on_validation)
   else:
     logging.info('Workdir %s already holds the final step %d: evaluating only.',
                  workdir, total_steps)
-    eval_results = run_eval()
+    eval_results = run_eval(config.eval_split)
   writer.flush()
   checkpointer.close()
   return eval_results
