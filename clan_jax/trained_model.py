@@ -53,6 +53,38 @@ def save_run_info(workdir: str, config: ml_collections.ConfigDict,
     json.dump(list(class_names), f, indent=1)
 
 
+def check_same_model(workdir: str, config: ml_collections.ConfigDict) -> None:
+  """Raises a ValueError if `workdir` was trained with another model or dataset.
+
+  Resuming restores the checkpoint into `config`'s model: a different one
+  would fail deep inside orbax, so this names the fields that differ instead.
+  Other fields (schedule length, logging, ...) may change between runs.
+  """
+  if not tf.io.gfile.exists(os.path.join(workdir, CONFIG_FILE)):
+    return
+  stored = _flatten(json.loads(load_config(workdir).to_json_best_effort()))
+  current = _flatten(json.loads(config.to_json_best_effort()))
+  differ = [f'{key}: {stored.get(key)!r} -> {current.get(key)!r}'
+            for key in sorted(stored.keys() | current.keys())
+            if key.split('.')[0] in ('dataset', 'model')
+            and stored.get(key) != current.get(key)]
+  if differ:
+    raise ValueError(
+        f'{workdir} holds checkpoints of another model or dataset ({"; ".join(differ)}). '
+        'Use a new --workdir for it.')
+
+
+def _flatten(tree: dict[str, Any], prefix: str = '') -> dict[str, Any]:
+  """{'model': {'clca': {'scaled': x}}} -> {'model.clca.scaled': x}."""
+  flat = {}
+  for key, value in tree.items():
+    if isinstance(value, dict):
+      flat.update(_flatten(value, f'{prefix}{key}.'))
+    else:
+      flat[f'{prefix}{key}'] = value
+  return flat
+
+
 def load_config(workdir: str) -> ml_collections.ConfigDict:
   """The config a workdir was trained with."""
   path = os.path.join(workdir, CONFIG_FILE)

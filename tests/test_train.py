@@ -234,6 +234,11 @@ def test_train_py_trains_then_resumes(data_dir, tmp_path):
   assert second.returncode == 0, second.stderr[-3000:]
   assert 'already holds the final step 3' in second.stderr
   assert first.stdout.splitlines()[-1] == second.stdout.splitlines()[-1]
+  other_model = subprocess.run(command + ['--config.model.use_clca=False'], cwd=REPO,
+                               capture_output=True, text=True, timeout=600)
+  assert other_model.returncode != 0
+  assert 'model.use_clca: True -> False' in other_model.stderr
+  assert 'Use a new --workdir' in other_model.stderr
   typo = subprocess.run(command + ['--config.batchsize=4'], cwd=REPO,
                         capture_output=True, text=True, timeout=600)
   assert typo.returncode != 0 and 'batchsize' in typo.stderr

@@ -103,6 +103,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       save_every_steps=config.checkpoint_every_steps,
       max_to_keep=config.keep_checkpoints)
   if checkpointer.latest_step() is not None:
+    trained_model.check_same_model(workdir, config)
     state = checkpointer.restore(state)
     logging.info('Resumed from %s at step %d.', workdir, int(state.step))
   start_step = int(state.step)
