@@ -51,6 +51,18 @@ def features() -> tfds.features.FeaturesDict:
   })
 
 
+def dataset_info(builder: tfds.core.GeneratorBasedBuilder, description: str,
+                 homepage: str) -> tfds.core.DatasetInfo:
+  """The DatasetInfo of the three datasets, which differ only in these texts."""
+  return tfds.core.DatasetInfo(
+      builder=builder,
+      description=description,
+      features=features(),
+      supervised_keys=('image', 'label'),
+      homepage=homepage,
+  )
+
+
 def set_class_names(builder: tfds.core.GeneratorBasedBuilder,
                     names: Sequence[str], source: epath.Path) -> None:
   duplicates = sorted({name for name in names if names.count(name) > 1})

@@ -34,13 +34,8 @@ or
 """
 
   def _info(self) -> tfds.core.DatasetInfo:
-    return tfds.core.DatasetInfo(
-        builder=self,
-        description=self.__doc__,
-        features=builder_utils.features(),
-        supervised_keys=('image', 'label'),
-        homepage='https://www.vision.caltech.edu/datasets/cub_200_2011/',
-    )
+    return builder_utils.dataset_info(
+        self, self.__doc__, 'https://www.vision.caltech.edu/datasets/cub_200_2011/')
 
   def _split_generators(self, dl_manager: tfds.download.DownloadManager):
     manual_dir = builder_utils.manual_dir(dl_manager)

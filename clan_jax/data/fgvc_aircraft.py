@@ -56,13 +56,8 @@ or
 """
 
   def _info(self) -> tfds.core.DatasetInfo:
-    return tfds.core.DatasetInfo(
-        builder=self,
-        description=__doc__,
-        features=builder_utils.features(),
-        supervised_keys=('image', 'label'),
-        homepage='https://www.robots.ox.ac.uk/~vgg/data/fgvc-aircraft/',
-    )
+    return builder_utils.dataset_info(
+        self, __doc__, 'https://www.robots.ox.ac.uk/~vgg/data/fgvc-aircraft/')
 
   def _split_generators(self, dl_manager: tfds.download.DownloadManager):
     manual_dir = builder_utils.manual_dir(dl_manager)

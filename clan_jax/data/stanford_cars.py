@@ -54,13 +54,8 @@ The original site (ai.stanford.edu/~jkrause/cars) is offline; copies circulate
 """
 
   def _info(self) -> tfds.core.DatasetInfo:
-    return tfds.core.DatasetInfo(
-        builder=self,
-        description=__doc__,
-        features=builder_utils.features(),
-        supervised_keys=('image', 'label'),
-        homepage='https://ai.stanford.edu/~jkrause/cars/car_dataset.html',
-    )
+    return builder_utils.dataset_info(
+        self, __doc__, 'https://ai.stanford.edu/~jkrause/cars/car_dataset.html')
 
   def _split_generators(self, dl_manager: tfds.download.DownloadManager):
     manual_dir = builder_utils.manual_dir(dl_manager)
