@@ -10,6 +10,7 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
+from flax import traverse_util
 import flax.linen as nn
 import jax
 from jax.sharding import Mesh
@@ -62,8 +63,9 @@ def check_same_model(workdir: str, config: ml_collections.ConfigDict) -> None:
   """
   if not tf.io.gfile.exists(os.path.join(workdir, CONFIG_FILE)):
     return
-  stored = _flatten(json.loads(load_config(workdir).to_json_best_effort()))
-  current = _flatten(json.loads(config.to_json_best_effort()))
+  stored, current = (
+      traverse_util.flatten_dict(json.loads(c.to_json_best_effort()), sep='.')
+      for c in (load_config(workdir), config))
   differ = [f'{key}: {stored.get(key)!r} -> {current.get(key)!r}'
             for key in sorted(stored.keys() | current.keys())
             if key.split('.')[0] in ('dataset', 'model')
@@ -72,17 +74,6 @@ def check_same_model(workdir: str, config: ml_collections.ConfigDict) -> None:
     raise ValueError(
         f'{workdir} holds checkpoints of another model or dataset ({"; ".join(differ)}). '
         'Use a new --workdir for it.')
-
-
-def _flatten(tree: dict[str, Any], prefix: str = '') -> dict[str, Any]:
-  """{'model': {'clca': {'scaled': x}}} -> {'model.clca.scaled': x}."""
-  flat = {}
-  for key, value in tree.items():
-    if isinstance(value, dict):
-      flat.update(_flatten(value, f'{prefix}{key}.'))
-    else:
-      flat[f'{prefix}{key}'] = value
-  return flat
 
 
 def load_config(workdir: str) -> ml_collections.ConfigDict:
