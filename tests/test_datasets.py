@@ -4,10 +4,12 @@ Each dataset is built from a tiny copy that the tests write in the official
 formats: a few classes, a few flat-coloured images per split, of varied sizes
 and kinds (RGB, grayscale and CMYK JPEGs, a PNG named .jpg).
 """
+import collections
 import dataclasses
 import io
 import pathlib
 import tarfile
+import tempfile
 
 import pytest
 
@@ -19,9 +21,11 @@ import PIL.Image
 import scipy.io
 
 from clan_jax.data import builder_utils
+from clan_jax.data import cub as cub_builder
 from clan_jax.data import fgvc_aircraft
 from clan_jax.data import input_pipeline
 from clan_jax.data import prepare
+from clan_jax.data import stanford_cars
 from configs import test as test_config
 
 # (width, height, PIL mode, file format): every kind of file the real datasets
@@ -503,3 +507,45 @@ def test_cars_test_annotations_without_labels(tmp_path):
   with pytest.raises(ValueError, match='lack the field.*class'):
     _prepare_from(_builder(tmp_path / 'data', 'cars'),
                   tmp_path / 'manual')
+
+
+# ------------------------------------------- TFDS's own builder test case
+# It prepares each builder from the tiny official-format copy (as its manual
+# directory) and checks the split sizes, that each split's examples are
+# distinct from the others', and that examples can be read back.
+
+
+def _split_sizes(items: list[Item]) -> dict[str, int]:
+  return dict(collections.Counter(split for item in items for split in item.splits))
+
+
+class _OfficialFormat:
+  """Mixin: writes the dataset with `WRITE` into a fresh EXAMPLE_DIR, once per class.
+
+  A mixin, not a TestCase, so that pytest does not collect it on its own.
+  """
+
+  SKIP_CHECKSUMS = True  # nothing is ever downloaded
+  WRITE = None
+
+  @classmethod
+  def setUpClass(cls):
+    cls.EXAMPLE_DIR = tempfile.mkdtemp()
+    cls.SPLITS = _split_sizes(cls.WRITE(pathlib.Path(cls.EXAMPLE_DIR)))
+    super().setUpClass()
+
+
+class CubBuilderTest(_OfficialFormat, tfds.testing.DatasetBuilderTestCase):
+  DATASET_CLASS = cub_builder.Cub2002011
+  WRITE = staticmethod(lambda d: _write_cub(d, archive=False))
+
+
+class AircraftBuilderTest(_OfficialFormat, tfds.testing.DatasetBuilderTestCase):
+  DATASET_CLASS = fgvc_aircraft.FgvcAircraft
+  WRITE = staticmethod(lambda d: _write_aircraft(d, archive=False))
+  OVERLAPPING_SPLITS = ['trainval', 'train', 'val']
+
+
+class CarsBuilderTest(_OfficialFormat, tfds.testing.DatasetBuilderTestCase):
+  DATASET_CLASS = stanford_cars.StanfordCars
+  WRITE = staticmethod(lambda d: _write_cars(d, 'kaggle'))
