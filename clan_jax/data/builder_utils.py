@@ -117,6 +117,22 @@ def find(dl_manager: tfds.download.DownloadManager, root: epath.Path,
   return None
 
 
+def dataset_root(dl_manager: tfds.download.DownloadManager,
+                 candidates: Sequence[str], *, marker: str, archive: str,
+                 instructions: str) -> epath.Path:
+  """The dataset's folder in the manual directory (see `find`), or a clear error.
+
+  `candidates[0]` is the folder name the instructions ask for.
+  """
+  root_dir = manual_dir(dl_manager)
+  root = find(dl_manager, root_dir, candidates, marker=marker, archives=[archive])
+  if root is None:
+    raise FileNotFoundError(
+        f'Neither {root_dir / archive} nor {root_dir / candidates[0] / marker} '
+        f'exists. {instructions}')
+  return root
+
+
 def read_rows(path: epath.Path, num_fields: int) -> list[list[str]]:
   """The lines of a whitespace-separated metadata file, split into fields.
 

@@ -38,14 +38,9 @@ or
         self, self.__doc__, 'https://www.vision.caltech.edu/datasets/cub_200_2011/')
 
   def _split_generators(self, dl_manager: tfds.download.DownloadManager):
-    manual_dir = builder_utils.manual_dir(dl_manager)
-    root = builder_utils.find(dl_manager, manual_dir, [_FOLDER, '.'],
-                              marker='images.txt', archives=[_ARCHIVE])
-    if root is None:
-      raise FileNotFoundError(
-          f'Neither {manual_dir / _ARCHIVE} nor '
-          f'{manual_dir / _FOLDER / "images.txt"} exists. '
-          f'{self.MANUAL_DOWNLOAD_INSTRUCTIONS}')
+    root = builder_utils.dataset_root(
+        dl_manager, [_FOLDER, '.'], marker='images.txt', archive=_ARCHIVE,
+        instructions=self.MANUAL_DOWNLOAD_INSTRUCTIONS)
 
     # Every file is "<image id> <values>", ids 1-based.
     classes = builder_utils.read_rows(root / 'classes.txt', 2)

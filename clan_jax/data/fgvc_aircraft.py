@@ -60,14 +60,9 @@ or
         self, __doc__, 'https://www.robots.ox.ac.uk/~vgg/data/fgvc-aircraft/')
 
   def _split_generators(self, dl_manager: tfds.download.DownloadManager):
-    manual_dir = builder_utils.manual_dir(dl_manager)
-    root = builder_utils.find(dl_manager, manual_dir, [_FOLDER, 'data', '.'],
-                              marker='variants.txt', archives=[_ARCHIVE])
-    if root is None:
-      raise FileNotFoundError(
-          f'Neither {manual_dir / _ARCHIVE} nor '
-          f'{manual_dir / _FOLDER / "variants.txt"} exists. '
-          f'{self.MANUAL_DOWNLOAD_INSTRUCTIONS}')
+    root = builder_utils.dataset_root(
+        dl_manager, [_FOLDER, 'data', '.'], marker='variants.txt', archive=_ARCHIVE,
+        instructions=self.MANUAL_DOWNLOAD_INSTRUCTIONS)
 
     # Variant names hold spaces and slashes: one name per line, as it is.
     variants_file = root / 'variants.txt'
