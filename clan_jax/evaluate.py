@@ -34,7 +34,7 @@ FLAGS = flags.FLAGS
 
 # What `--config` may change: where and how the data are read, and the devices.
 OVERRIDABLE_FIELDS = ('dataset', 'data_dir', 'synthetic', 'eval_split', 'resize_size',
-                      'image_size', 'eval_batch_size', 'cache', 'mesh')
+                      'image_size', 'crop_to_bbox', 'eval_batch_size', 'cache', 'mesh')
 NO_TTA = 'no_tta'
 FLIP_TTA = 'flip_tta'
 RESULTS_FILE = 'results.json'
