@@ -55,7 +55,7 @@ def benchmark(name: str, model_config) -> None:
   train_step = steps.jit_train_step(
       mesh, sharding.state_sharding(mesh, state), branch_weights={}, label_smoothing=0.0,
       learning_rate_fn=lr_fn, grad_accum_steps=1,
-      metrics_cls=steps.train_metrics_collection(branches))
+      metrics_cls=steps.train_metrics_collection(branches, state.params))
   rng = np.random.default_rng(0)
   batch = jax.device_put(
       {'image': rng.normal(size=(FLAGS.batch_size, FLAGS.image_size, FLAGS.image_size, 3)

@@ -183,7 +183,7 @@ def test_clan_from_converted_weights_starts_as_the_backbone_then_trains(
   train_step = steps.jit_train_step(
       mesh, sharding.state_sharding(mesh, state), branch_weights={}, label_smoothing=0.0,
       learning_rate_fn=lr_fn, grad_accum_steps=1,
-      metrics_cls=steps.train_metrics_collection(branches))
+      metrics_cls=steps.train_metrics_collection(branches, state.params))
   batch = jax.device_put({'image': images, 'label': np.arange(8, dtype=np.int32) % 4},
                          sharding.batch_sharding(mesh))
   state = jax.tree.map(jnp.copy, state)  # the step donates it; the fixture is shared

@@ -34,7 +34,7 @@ def _setup(config, mesh, num_classes=4):
   train_step = steps.jit_train_step(
       mesh, sharding.state_sharding(mesh, state), branch_weights={},
       label_smoothing=0.0, learning_rate_fn=lr_fn, grad_accum_steps=1,
-      metrics_cls=steps.train_metrics_collection(branches))
+      metrics_cls=steps.train_metrics_collection(branches, state.params))
   return state, train_step
 
 

@@ -10,19 +10,24 @@ from jax.sharding import Mesh
 import optax
 
 from clan_jax import sharding
+from clan_jax.training import diagnostics
 from clan_jax.training.losses import clan_loss, cross_entropy
 from clan_jax.training.train_state import TrainState
 
 COMBINED = 'combined'
 
 
-def train_metrics_collection(branches: Sequence[str]) -> type[metrics.Collection]:
-  """Train metrics: the loss, each branch's loss, the combined top-1 and the lr."""
+def train_metrics_collection(branches: Sequence[str], params
+                             ) -> type[metrics.Collection]:
+  """Train metrics: the loss, the combined top-1 and the lr; each branch's loss
+  and top-1; and the `diagnostics` of a model with these params."""
+  averages = ([f'loss_{b}' for b in branches] + [f'accuracy_{b}' for b in branches]
+              + diagnostics.names(params))
   return metrics.Collection.create(
       loss=metrics.Average.from_output('loss'),
       accuracy=metrics.Average.from_output('accuracy'),
       learning_rate=metrics.LastValue.from_output('learning_rate'),
-      **{f'loss_{b}': metrics.Average.from_output(f'loss_{b}') for b in branches})
+      **{name: metrics.Average.from_output(name) for name in averages})
 
 
 def eval_metrics_collection(branches: Sequence[str]) -> type[metrics.Collection]:
@@ -51,20 +56,24 @@ def train_step(state: TrainState, batch: Mapping[str, jax.Array], *,
   def loss_fn(params):
     outputs, updates = state.apply_fn(
         {'params': params, 'batch_stats': state.batch_stats}, batch['image'],
-        train=True, mutable=['batch_stats'])
+        train=True, mutable=['batch_stats', 'intermediates'])
     loss, branch_losses = clan_loss(outputs['branches'], batch['label'],
                                     branch_weights=branch_weights,
                                     label_smoothing=label_smoothing)
-    return loss, (outputs['combined'], updates['batch_stats'], branch_losses)
+    return loss, (outputs, updates, branch_losses)
 
-  (loss, (combined, batch_stats, branch_losses)), grads = jax.value_and_grad(
+  (loss, (outputs, updates, branch_losses)), grads = jax.value_and_grad(
       loss_fn, has_aux=True)(state.params)
-  new_state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
+  new_state = state.apply_gradients(grads=grads, batch_stats=updates['batch_stats'])
+  labels = batch['label']
   step_metrics = metrics_cls.single_from_model_output(
       loss=loss,
-      accuracy=topk_correct(combined, batch['label'], 1),
+      accuracy=topk_correct(outputs['combined'], labels, 1),
       learning_rate=learning_rate_fn(state.step // grad_accum_steps),
-      **{f'loss_{b}': v for b, v in branch_losses.items()})
+      **{f'loss_{b}': v for b, v in branch_losses.items()},
+      **{f'accuracy_{b}': topk_correct(logits, labels, 1)
+         for b, logits in outputs['branches'].items()},
+      **diagnostics.compute(state.params, grads, updates.get('intermediates', {})))
   return new_state, step_metrics
 
 

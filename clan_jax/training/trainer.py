@@ -109,7 +109,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   start_step = int(state.step)
   trained_model.save_run_info(workdir, config, input_pipeline.class_names(builder))
 
-  train_metrics_cls = steps.train_metrics_collection(branches)
+  train_metrics_cls = steps.train_metrics_collection(branches, state.params)
   eval_metrics_cls = steps.eval_metrics_collection(branches)
   train_step = steps.jit_train_step(
       mesh, state_sharding,
