@@ -32,6 +32,9 @@ def get_model_config() -> ml_collections.ConfigDict:
   m.clsa.kernel_size = 7  # choice
   m.clsa.downsample = 'avg'  # choice: avg | max | bilinear
   m.clsa.residual = False  # choice: False -> L_N * R(M_s); True -> L_N + L_N * R(M_s)
+  # choice: batchnorm (as CBAM's spatial gate) | none, on the gate's logits before the
+  # sigmoid; without it the gate saturates in CLAN (docs/ablation_study.md).
+  m.clsa.norm = 'batchnorm'
 
   m.refined_top_merge = 'concat'  # choice: concat | sum, joins the per-scale CLSA outputs
   m.combine = 'mean_softmax'  # choice: mean_softmax | sum_logits, the final prediction
@@ -89,9 +92,12 @@ def get_config() -> ml_collections.ConfigDict:
   config.init.checkpoint = ml_collections.FieldReference(None, field_type=str)
 
   # --- Loss and optimisation ---
-  # Per-branch loss weights; a branch not listed weighs 1. Branch names: the
-  # mid-level taps (e.g. 'layer2'), 'top' (L_N) and 'refined' (the CLSA map).
-  config.branch_weights = ml_collections.ConfigDict({'top': 1.0, 'refined': 1.0})
+  # Per-branch loss weights. Branch names: the mid-level taps (L̂_s, with
+  # CLCA), 'top' (L_N) and 'refined' (L̂_N, with CLSA). Every name a ResNet CLAN
+  # can have is listed, so any of them can be set from the command line; a
+  # weight other than 1 for a branch the model does not have is an error.
+  config.branch_weights = ml_collections.ConfigDict(
+      {name: 1.0 for name in ('layer1', 'layer2', 'layer3', 'top', 'refined')})
   config.label_smoothing = 0.0
   config.num_epochs = 25.0
   config.num_train_steps = -1  # > 0 overrides num_epochs

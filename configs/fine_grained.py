@@ -23,8 +23,6 @@ def get_config(dataset: str) -> ml_collections.ConfigDict:
 
   config.model = default.get_model_config()  # ResNet-50, every spec default
 
-  config.branch_weights = ml_collections.ConfigDict(
-      {'layer2': 1.0, 'layer3': 1.0, 'top': 1.0, 'refined': 1.0})
   config.num_epochs = 100.0
   config.learning_rate = 0.01
   config.new_layers_lr_multiplier = 10.0

@@ -121,8 +121,8 @@ def test_clsa_applies_the_downsampled_map_to_the_top_map():
   mid, top = _clca_inputs(jax.random.key(0))
   for residual in (False, True):
     clsa = models.CLSA(residual=residual)
-    variables = clsa.init(jax.random.key(1), mid, top)
-    out, state = clsa.apply(variables, mid, top, mutable=['intermediates'])
+    variables = clsa.init(jax.random.key(1), mid, top, train=False)
+    out, state = clsa.apply(variables, mid, top, train=False, mutable=['intermediates'])
     (attention_map,) = state['intermediates']['attention']
     assert attention_map.shape == (2, 8, 8, 1)
     assert jnp.all((attention_map > 0) & (attention_map < 1))
@@ -136,7 +136,27 @@ def test_clsa_rejects_indivisible_sizes_with_a_clear_error():
   mid = jnp.ones((1, 7, 7, 4))
   top = jnp.ones((1, 4, 4, 4))
   with pytest.raises(ValueError, match='config.image_size'):
-    models.CLSA().init(jax.random.key(0), mid, top)
+    models.CLSA().init(jax.random.key(0), mid, top, train=False)
+
+
+@pytest.mark.parametrize('norm', ['batchnorm', 'none'])
+def test_clsa_gate_with_batchnorm_ignores_the_scale_of_its_input(norm):
+  # CLCA rescales L̂_s as it trains; the normalised gate must not follow that
+  # scale into the sigmoid's flat tails (docs/ablation_study.md).
+  mid, top = _clca_inputs(jax.random.key(0))
+  clsa = models.CLSA(norm=norm)
+  variables = clsa.init(jax.random.key(1), mid, top, train=False)
+
+  def gate(scale):
+    _, state = clsa.apply(variables, scale * mid, top, train=True,
+                          mutable=['intermediates', 'batch_stats'])
+    return state['intermediates']['attention'][0]
+
+  if norm == 'batchnorm':
+    np.testing.assert_allclose(gate(100.0), gate(1.0), atol=1e-4)
+    assert 0.2 < float(jnp.std(gate(100.0))) < 0.3  # sigmoid of unit-variance logits
+  else:
+    assert float(jnp.mean(jnp.abs(gate(100.0) - 0.5))) > 0.45  # saturated
 
 
 def _tiny_model_config(**switches):

@@ -31,6 +31,7 @@ def validate_model_config(model_config: ml_collections.ConfigDict) -> None:
   if not 0 < m.clca.inner_ratio <= 1:
     raise ValueError(f'config.model.clca.inner_ratio={m.clca.inner_ratio} must be in (0, 1].')
   _choice(m.clsa.downsample, clsa.DOWNSAMPLE_MODES, 'clsa.downsample')
+  _choice(m.clsa.norm, clsa.NORM_MODES, 'clsa.norm')
   if m.clsa.kernel_size < 1 or m.clsa.kernel_size % 2 == 0:
     raise ValueError(f'config.model.clsa.kernel_size={m.clsa.kernel_size} must be odd.')
   _choice(m.refined_top_merge, MERGE_MODES, 'refined_top_merge')

@@ -101,7 +101,7 @@ class CLAN(nn.Module):
     branches[TOP_BRANCH] = self._head(TOP_BRANCH)(top)
     if self.use_clsa:
       refined = [CLSA(**self.clsa_options, dtype=self.dtype,
-                      param_dtype=self.param_dtype, name=f'clsa_{tap}')(mid, top)
+                      param_dtype=self.param_dtype, name=f'clsa_{tap}')(mid, top, train)
                  for tap, mid in mids.items()]
       if self.refined_top_merge == 'concat':
         refined_top = jnp.concatenate(refined, axis=-1)

@@ -8,12 +8,13 @@ import jax.numpy as jnp
 Dtype = Any
 
 DOWNSAMPLE_MODES = ('avg', 'max', 'bilinear')
+NORM_MODES = ('batchnorm', 'none')
 
 
 class CLSA(nn.Module):
   """Re-weights the top-level map L_N with a spatial map from a refined mid map.
 
-      M_s = sigmoid(conv([max_c L̂_s, mean_c L̂_s]))      [B, H_s, W_s, 1]
+      M_s = sigmoid(BN(conv([max_c L̂_s, mean_c L̂_s])))  [B, H_s, W_s, 1]
       out = L_N * R(M_s)   (or L_N + L_N * R(M_s) when residual)
 
   The attention map M_s is sown as intermediates/attention for visualisation.
@@ -23,25 +24,36 @@ class CLSA(nn.Module):
     downsample: R, from H_s x W_s to H_g x W_g: 'avg' pooling (choice; needs
       H_s divisible by H_g), 'max' pooling, or 'bilinear' (antialiased).
     residual: add L_N back (choice: no).
+    norm: 'batchnorm' on the gate's logits (choice, as CBAM's spatial gate) or
+      'none'. The descriptor's scale is that of L̂_s, which CLCA changes as it
+      trains; without a norm the sigmoid saturates and the gate stops learning
+      (docs/ablation_study.md).
   """
 
   kernel_size: int = 7
   downsample: str = 'avg'
   residual: bool = False
+  norm: str = 'batchnorm'
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, mid: jax.Array, top: jax.Array) -> jax.Array:
+  def __call__(self, mid: jax.Array, top: jax.Array, train: bool) -> jax.Array:
     """Maps L̂_s [B, H_s, W_s, C_s] and L_N [B, H_g, W_g, C_g] to [B, H_g, W_g, C_g]."""
     descriptor = jnp.concatenate(
         [jnp.max(mid, axis=-1, keepdims=True),
          jnp.mean(mid, axis=-1, keepdims=True, dtype=jnp.float32).astype(mid.dtype)],
         axis=-1)
     pad = self.kernel_size // 2
+    normalized = self.norm == 'batchnorm'
     logits = nn.Conv(1, (self.kernel_size, self.kernel_size),
-                     padding=((pad, pad), (pad, pad)), dtype=self.dtype,
-                     param_dtype=self.param_dtype, name='conv')(descriptor)
+                     padding=((pad, pad), (pad, pad)), use_bias=not normalized,
+                     dtype=self.dtype, param_dtype=self.param_dtype,
+                     name='conv')(descriptor)
+    if normalized:
+      logits = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
+                            dtype=self.dtype, param_dtype=self.param_dtype,
+                            name='bn')(logits)
     attention = nn.sigmoid(logits)
     self.sow('intermediates', 'attention', attention)
     weights = downsample_to(attention, top.shape[1:3], self.downsample)

@@ -21,10 +21,10 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   models.validate_model_config(config.model)
   branches = models.branch_names(config.model.mid_level_taps, config.model.use_clca,
                                  config.model.use_clsa)
-  unknown = sorted(set(config.branch_weights) - set(branches))
-  if unknown:
-    raise ValueError(f'config.branch_weights has {unknown}, which are not branches of '
-                     f'this model; its branches are {list(branches)}.')
+  for name, weight in config.branch_weights.items():
+    if name not in branches and weight != 1.0:
+      raise ValueError(f'config.branch_weights.{name}={weight} weighs a branch this model '
+                       f'does not have; its branches are {list(branches)}.')
   if config.num_train_steps <= 0 and config.num_epochs <= 0:
     raise ValueError('Set config.num_train_steps or config.num_epochs to a positive value.')
   if config.grad_accum_steps < 1:
