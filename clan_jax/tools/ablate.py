@@ -90,9 +90,11 @@ def main(argv: Sequence[str]) -> None:
     raise app.UsageError(f'--seeds={FLAGS.seeds} must be at least 1.')
   rates = [float(r) for r in FLAGS.learning_rates] or [FLAGS.config.learning_rate]
   runs = {}
-  for variant in FLAGS.variants:
-    for rate in rates:
-      for seed in range(FLAGS.seeds):
+  # Learning rate, then seed, outermost: a study stopped early has every
+  # variant on the same runs so far.
+  for rate in rates:
+    for seed in range(FLAGS.seeds):
+      for variant in FLAGS.variants:
         workdir = os.path.join(FLAGS.workdir, variant, f'lr{rate:g}', f'seed{seed}')
         logging.info('ablation: %s, learning rate %g, seed %d -> %s', variant, rate,
                      seed, workdir)
