@@ -62,7 +62,6 @@ def get_config() -> ml_collections.ConfigDict:
   config.synthetic.seed = 0
   config.resize_size = 144  # shorter side before the crop
   config.image_size = 128  # crop fed to the model
-  config.shuffle_buffer_size = 2048
   config.cache = True  # cache decoded examples in memory
   # Crop every image (train and eval) to its object's bounding box before
   # resizing; needs a dataset with a 'bbox' feature (CUB, Cars, Aircraft).

@@ -8,7 +8,6 @@ from absl import logging
 from clu import metric_writers, periodic_actions
 import jax
 import ml_collections
-import numpy as np
 
 from clan_jax import checkpointing, models, pretrained, sharding, trained_model
 from clan_jax.data import input_pipeline
@@ -133,10 +132,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                config.batch_size, steps_per_epoch, list(branches), mesh.size)
 
   if start_step < total_steps:
-    # A resumed run draws a fresh, still deterministic, input order.
-    train_ds = input_pipeline.create_train_dataset(
-        config, builder, seed=int(np.random.SeedSequence([config.seed, start_step])
-                                  .generate_state(1)[0]))
+    # Global batch k depends on (config.seed, k) alone: a resumed run reads what
+    # an uninterrupted one would have.
+    train_ds = input_pipeline.create_train_dataset(config, builder, start_step=start_step)
     train_batches = sharding.to_global_batches(
         input_pipeline.as_numpy(train_ds), sharding.batch_sharding(mesh),
         config.prefetch_batches)
