@@ -22,6 +22,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from clan_jax.data import synthetic
+from clan_jax.user_errors import MissingFileError, UserError
 
 # Tags that split config.seed into independent streams of the training input.
 _ORDER_STREAM = 0  # the permutation of each epoch
@@ -60,10 +61,10 @@ def _prepared_builder(config: ml_collections.ConfigDict) -> tfds.core.DatasetBui
   try:
     builder = tfds.builder(config.dataset, data_dir=config.data_dir)
   except tfds.core.registered.DatasetNotFoundError as e:
-    raise ValueError(
+    raise UserError(
         f'config.dataset={config.dataset!r} is not a known TFDS dataset.') from e
   if not builder.is_prepared():
-    raise FileNotFoundError(
+    raise MissingFileError(
         f'Dataset {config.dataset!r} (config.dataset) is not prepared in '
         f'{builder.data_dir_root} (config.data_dir). Datasets are never '
         'downloaded at run time: prepare it once, with `python -m '
@@ -79,12 +80,12 @@ def _check_features(config: ml_collections.ConfigDict,
   # FeaturesDict supports `in` and [] but has no .get().
   if 'image' not in features or 'label' not in features or not isinstance(
       features['label'], tfds.features.ClassLabel):
-    raise ValueError(
+    raise UserError(
         f'config.dataset={config.dataset!r} needs an "image" and a "label" '
         f'(ClassLabel) feature; its features are {list(features.keys())}.')
   if config.crop_to_bbox and 'bbox' not in features:
-    raise ValueError(f'config.crop_to_bbox is set, but {config.dataset!r} has no '
-                     f"'bbox' feature; its features are {list(features.keys())}.")
+    raise UserError(f'config.crop_to_bbox is set, but {config.dataset!r} has no '
+                    f"'bbox' feature; its features are {list(features.keys())}.")
 
 
 def split_names(config: ml_collections.ConfigDict) -> tuple[str, str | None]:
@@ -98,10 +99,10 @@ def split_names(config: ml_collections.ConfigDict) -> tuple[str, str | None]:
   if not percent:
     return config.train_split, None
   if not 0 < percent < 100:
-    raise ValueError(f'config.validation_percent={percent} must be between 1 '
-                     'and 99 (or 0 for no validation split).')
+    raise UserError(f'config.validation_percent={percent} must be between 1 '
+                    'and 99 (or 0 for no validation split).')
   if '[' in config.train_split:
-    raise ValueError(
+    raise UserError(
         f'config.validation_percent needs a whole split in config.train_split, '
         f'not the slice {config.train_split!r}.')
   cut = 100 - percent
@@ -146,7 +147,7 @@ def create_train_dataset(config: ml_collections.ConfigDict,
     'label': int32 [b]} with b = config.batch_size // jax.process_count().
   """
   batch_size = _local_batch_size(config.batch_size, 'config.batch_size')
-  _check_crop_size(config)
+  check_crop_size(config)
   size, load = _random_access_examples(config, builder, split_names(config)[0])
   order_key = tf.constant([config.seed, _ORDER_STREAM], tf.int64)
   augment_key = tf.constant([config.seed, _AUGMENT_STREAM], tf.int64)
@@ -196,7 +197,7 @@ def create_eval_dataset(config: ml_collections.ConfigDict,
   """
   batch_size = _local_batch_size(config.eval_batch_size,
                                  'config.eval_batch_size')
-  _check_crop_size(config)
+  check_crop_size(config)
   splits = _process_splits(split)
   local_split = splits[jax.process_index()]
   largest = max(num_examples(builder, s) for s in splits)
@@ -225,14 +226,14 @@ def as_numpy(ds: tf.data.Dataset) -> Iterator[dict[str, np.ndarray]]:
 def _local_batch_size(global_batch_size: int, field: str) -> int:
   count = jax.process_count()
   if global_batch_size % count:
-    raise ValueError(f'{field}={global_batch_size} must be divisible by the '
-                     f'number of processes, {count}.')
+    raise UserError(f'{field}={global_batch_size} must be divisible by the '
+                    f'number of processes, {count}.')
   return global_batch_size // count
 
 
-def _check_crop_size(config: ml_collections.ConfigDict) -> None:
+def check_crop_size(config: ml_collections.ConfigDict) -> None:
   if config.resize_size < config.image_size:
-    raise ValueError(
+    raise UserError(
         f'config.resize_size={config.resize_size} must be at least '
         f'config.image_size={config.image_size}: images are cropped to '
         'image_size after their shorter side is resized to resize_size.')
@@ -363,10 +364,10 @@ def read_image(path: str) -> np.ndarray:
   try:
     return decode_rgb(tf.io.read_file(path)).numpy()
   except tf.errors.NotFoundError as e:
-    raise FileNotFoundError(f'{path}: no such file.') from e
+    raise MissingFileError(f'{path}: no such file.') from e
   except tf.errors.InvalidArgumentError as e:
-    raise ValueError(f'{path} is not an image that can be decoded (JPEG, PNG, GIF '
-                     'or BMP).') from e
+    raise UserError(f'{path} is not an image that can be decoded (JPEG, PNG, GIF '
+                    'or BMP).') from e
 
 
 def resize_shorter_side(image: tf.Tensor, size: int) -> tf.Tensor:
@@ -392,7 +393,7 @@ def preprocess_for_eval(image: tf.Tensor | np.ndarray,
   S = config.image_size square is normalised: the same operations as
   `create_eval_dataset`, for images that do not come from a dataset.
   """
-  _check_crop_size(config)
+  check_crop_size(config)
   return eval_crop(resize_shorter_side(image, config.resize_size),
                    config.image_size)
 
