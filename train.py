@@ -11,13 +11,12 @@ import os
 
 from absl import app, flags, logging
 import jax
-from ml_collections import config_flags
 
 from clan_jax import user_errors
 from clan_jax.training import trainer
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file(
+user_errors.define_config_file(
     'config', os.path.join(os.path.dirname(__file__), 'configs', 'default.py'),
     'Training configuration file.', lock_config=True)
 flags.DEFINE_string('workdir', 'workdirs/default',

@@ -22,7 +22,6 @@ from typing import Any
 
 from absl import app, flags, logging
 import jax
-from ml_collections import config_flags
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
@@ -193,7 +192,7 @@ def _define_flags() -> None:
   # Here rather than at import, so that the commands' modules import together.
   flags.DEFINE_string('checkpoint', None, 'A train.py workdir (config.json, classes.json, '
                       'checkpoints/).', required=True)
-  config_flags.DEFINE_config_file(
+  user_errors.define_config_file(
       'config', None, 'Optional config file whose data and evaluation fields '
       "replace the workdir's (see clan_jax/evaluate.py); its model fields are ignored.",
       lock_config=True)

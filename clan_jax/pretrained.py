@@ -92,12 +92,15 @@ def _read_torch(path: str) -> Any:
     # cannot run code.
     return torch.load(path, map_location='cpu', weights_only=True)
   except pickle.UnpicklingError as e:
-    # PyTorch's message also suggests weights_only=False, which this never does.
+    # PyTorch's message surrounds its reason with advice, including
+    # weights_only=False, which this never does: keep the reason alone.
+    boilerplate = ('Weights only load failed', 'Please file an issue', 'Check the documentation')
     reason = next((line.strip() for line in str(e).splitlines()
-                   if 'WeightsUnpickler error' in line), None)
-    if reason is None:  # not a pickle at all: damaged or another format
+                   if line.strip() and not line.strip().startswith(boilerplate)), str(e))
+    if reason.startswith(('Unsupported operand', 'invalid load key')):
+      # Bytes that are no pickle at all: a damaged file or another format.
       raise UserError(f'{path} is not a PyTorch checkpoint that can be read '
-                      f'({_first_line(e)}).') from e
+                      f'({type(e).__name__}: {reason}).') from e
     raise UserError(
         f'{path} holds pickled Python objects other than tensors, so it was not '
         'loaded: unpickling them could run arbitrary code (torch.load with '
@@ -273,6 +276,9 @@ def load_weights(path: str, variant: str | None = None) -> BackboneWeights:
     return convert_state_dict(load_state_dict(path), variant, source=path)
   if not os.path.exists(path):
     raise MissingFileError(f'Pretrained weights file {path} not found.')
+  if not zipfile.is_zipfile(path):
+    raise UserError(f'{path} is not a .npz file of clan_jax.tools.convert_weights that can '
+                    'be read (it is not a zip archive).')
   try:
     with np.load(path, allow_pickle=False) as npz:
       arrays = {k: npz[k] for k in npz.files}

@@ -14,6 +14,7 @@ import sys
 from typing import Any, NoReturn
 
 from absl import app, flags
+from ml_collections import config_flags
 
 EXIT_STATUS = 2
 
@@ -31,43 +32,97 @@ class MissingFileError(UserError, FileNotFoundError):
 
 
 def fail(message: str) -> NoReturn:
-  """Prints `error: <message>` (its first line if several) and exits with status 2."""
+  """Prints `error: <message>` to stderr and exits with status 2."""
   print(f'error: {message}', file=sys.stderr, flush=True)
   sys.exit(EXIT_STATUS)
 
 
-def _parse_flags(argv: Sequence[str]) -> list[str]:
-  """absl's flag parsing, with a bad flag or config override reported as one line."""
+# What parsing the command line raises for a bad flag: absl's flags.Error, and
+# ml_collections' AttributeError or KeyError for `--config.<field>` of a field
+# that the config lacks.
+FLAG_ERRORS = (flags.Error, AttributeError, KeyError)
+
+
+def flag_error_message(error: Exception) -> str:
+  """One line for an exception of FLAG_ERRORS."""
+  if isinstance(error, flags.Error):
+    return str(error)
+  # ml_collections wraps a KeyError whose message names the field and
+  # suggests the closest one: "'batchsize'\nDid you mean ...".
+  detail = error
+  while isinstance(detail, BaseException) and detail.args:
+    detail = detail.args[0]
+  field, _, suggestion = str(detail).partition('\n')
+  return ' '.join(f'unknown config field {field}. {suggestion}'.split())
+
+
+def parse_flags(argv: Sequence[str], flag_values: flags.FlagValues = flags.FLAGS
+                ) -> list[str]:
+  """Parses `argv` into `flag_values`, as absl.app.run does.
+
+  Raises:
+    UserError: a bad flag, `--config.<field>` override or config file.
+  """
   try:
-    return flags.FLAGS(argv)
-  except flags.Error as e:
+    return flag_values(argv)
+  except FLAG_ERRORS as e:
+    raise UserError(flag_error_message(e)) from e
+  except OSError as e:
+    # A config file that failed to load, met by one of its overrides.
+    files = [arg.split('=', 1) for arg in argv if arg.startswith('--') and '=' in arg]
+    for flag, filename in reversed(files):
+      name = flag[2:]
+      if name in flag_values and isinstance(
+          flag_values[name], config_flags.config_flags._ConfigFlag):  # pylint: disable=protected-access
+        raise _config_file_error(name, filename, e) from e
+    raise
+
+
+def define_config_file(name: str, default: str | None, help_string: str, *,
+                       flag_values: flags.FlagValues = flags.FLAGS,
+                       sys_argv: Sequence[str] | None = None, **kwargs) -> None:
+  """`config_flags.DEFINE_config_file`, with a bad `--<name>.<field>` reported as one line.
+
+  ml_collections already reads the overrides in `sys_argv` (default:
+  sys.argv) here, when the flag is defined, so a misspelt field fails here.
+  """
+  try:
+    config_flags.DEFINE_config_file(name, default, help_string, flag_values=flag_values,
+                                    sys_argv=sys_argv, **kwargs)
+  except FLAG_ERRORS as e:
+    fail(flag_error_message(e))
+
+
+def _parse_flags(argv: Sequence[str]) -> list[str]:
+  try:
+    return parse_flags(argv)
+  except UserError as e:
     fail(str(e))
-  except (AttributeError, KeyError) as e:
-    # ml_collections raises these for `--config.<field>` of a field the config
-    # lacks; its message already suggests the closest field.
-    fail('unknown config field: ' + ' '.join(str(e.args[0] if e.args else e)
-                                             .strip('\'"').split()))
-  raise AssertionError('unreachable')
 
 
-def config_flag(name: str = 'config') -> Any:
+def config_flag(name: str = 'config',
+                flag_values: flags.FlagValues = flags.FLAGS) -> Any:
   """The value of a config_flags flag; a config file that failed to load is a UserError.
 
   ml_collections defers a config file's load error to the first use of the
   config, which then raises an OSError.
   """
-  config = flags.FLAGS[name].value
+  config = flag_values[name].value
   if config is None:
     return None
   try:
     getattr(config, 'keys')
   except OSError as e:
-    filename = flags.FLAGS[name].config_filename
-    if not os.path.exists(filename.split(':')[0]):
-      raise UserError(f'--{name}={filename}: no such config file.') from e
-    raise UserError(f'--{name}={filename}: cannot load the config file: '
-                    f'{" ".join(str(e.__cause__ or e).split())}') from e
+    raise _config_file_error(name, flag_values[name].config_filename, e) from e
   return config
+
+
+def _config_file_error(name: str, filename: str, error: OSError) -> UserError:
+  # A config flag's value may end with ':<argument for get_config>'.
+  if not os.path.exists(filename.split(':')[0]):
+    return UserError(f'--{name}={filename}: no such config file.')
+  return UserError(f'--{name}={filename}: cannot load the config file: '
+                   f'{" ".join(str(error.__cause__ or error).split())}')
 
 
 def run(main: Callable[[list[str]], Any]) -> None:

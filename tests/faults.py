@@ -7,6 +7,7 @@ asks whether to stop):
   sigkill       SIGKILL before the step's checkpoint is saved.
   sigterm       SIGTERM: the trainer should save this step and exit 0.
   sigint        SIGINT (Ctrl-C), likewise.
+  sigint_twice  two SIGINTs: the second should end the process at once.
   sigkill_save  SIGKILL right after the step's asynchronous save started, while
                 orbax is still writing it.
   nan           the images of this step's batch are NaN, so its loss is.
@@ -18,6 +19,7 @@ import os
 import runpy
 import signal
 import sys
+import time
 
 import jax.numpy as jnp
 
@@ -36,6 +38,10 @@ def _reached_preemption(original):
   def patched(self, step):
     if step == FAULT_STEP and FAULT in SIGNALS:
       os.kill(os.getpid(), SIGNALS[FAULT])
+    if step == FAULT_STEP and FAULT == 'sigint_twice':
+      for _ in range(2):
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.1)  # the handler runs in between
     return original(self, step)
   return patched
 
@@ -61,7 +67,7 @@ def _jit_train_step(original):
   return patched
 
 
-if FAULT not in (*SIGNALS, 'sigkill_save', 'nan'):
+if FAULT not in (*SIGNALS, 'sigint_twice', 'sigkill_save', 'nan'):
   raise SystemExit(f'Unknown CLAN_JAX_FAULT {FAULT!r}.')
 checkpointing.Checkpointer.reached_preemption = _reached_preemption(
     checkpointing.Checkpointer.reached_preemption)
