@@ -13,6 +13,7 @@ from typing import Any
 
 from absl import logging
 import jax
+from jax.experimental import multihost_utils
 import orbax.checkpoint as ocp
 
 from clan_jax.user_errors import UserError
@@ -108,6 +109,8 @@ class Checkpointer:
       for bad in unreadable:
         self._move_aside(bad)
       if unreadable:
+        if jax.process_count() > 1:  # process 0 moved them
+          multihost_utils.sync_global_devices('clan_jax: unreadable checkpoints moved')
         self._manager.reload()
         print(f'Resuming from step {step}, the newest checkpoint that can be read.',
               file=sys.stderr, flush=True)

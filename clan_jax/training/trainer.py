@@ -13,7 +13,7 @@ import tensorflow as tf
 from clan_jax import (checkpointing, config_validation, models, pretrained, sharding,
                       trained_model, workdir_lock)
 from clan_jax.data import input_pipeline
-from clan_jax.training import interrupts, optimizer, steps
+from clan_jax.training import interrupts, nonfinite, optimizer, steps
 from clan_jax.training.train_state import TrainState, create_train_state
 from clan_jax.user_errors import UserError
 
@@ -42,55 +42,6 @@ def _format(results: dict[str, Any], keys: list[str]) -> str:
   return ', '.join(f'{k}={results[k]:.4f}' for k in keys)
 
 
-class NonFiniteError(UserError):
-  """A step's loss or gradient norm was not finite and config.on_nonfinite='stop'."""
-
-
-class _NonFiniteGuard:
-  """Reads each step's `nonfinite` metric one step late, so as not to stall the device.
-
-  The train step itself keeps a non-finite update out of the state; this
-  decides whether the run stops (config.on_nonfinite='stop') or goes on with
-  a warning ('skip', at most config.max_consecutive_skips in a row).
-  """
-
-  def __init__(self, config: ml_collections.ConfigDict, checkpointer: checkpointing.Checkpointer):
-    self._stop = config.on_nonfinite == 'stop'
-    self._max_skips = config.max_consecutive_skips
-    self._checkpointer = checkpointer
-    self._pending = []
-    self._consecutive = 0
-
-  def add(self, step: int, step_metrics) -> None:
-    self._pending.append((step, step_metrics))
-
-  def check(self, *, all_steps: bool = False) -> None:
-    """Checks the steps added so far, but the last unless `all_steps`."""
-    keep = 0 if all_steps else 1
-    while len(self._pending) > keep:
-      step, step_metrics = self._pending.pop(0)
-      if not float(step_metrics.nonfinite.total):
-        self._consecutive = 0
-        continue
-      self._consecutive += 1
-      loss = float(step_metrics.loss.compute())
-      what = f'step {step}: the loss ({loss}) or the gradient norm is not finite'
-      if self._stop or self._consecutive > self._max_skips:
-        self._checkpointer.wait_until_finished()
-        last = self._checkpointer.latest_step()
-        kept = (f'the last checkpoint, step {last}, is intact' if last is not None
-                else 'no checkpoint was saved')
-        reason = ("config.on_nonfinite='stop'" if self._stop else
-                  f'{self._consecutive} such steps in a row, more than '
-                  f'config.max_consecutive_skips={self._max_skips}')
-        raise NonFiniteError(
-            f'{what}: training stopped ({reason}). Nothing of this step was saved and '
-            f'{kept}. Lower config.learning_rate or set config.grad_clip_norm'
-            + (", or set config.on_nonfinite='skip' to skip such steps." if self._stop
-               else '.'))
-      logging.warning('%s: its update was skipped (config.on_nonfinite=\'skip\').', what)
-
-
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Trains (or resumes training) in `workdir`, then evaluates on config.eval_split.
 
@@ -115,7 +66,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   Raises:
     UserError: a bad config, a workdir held by another run or trained with
       another model, an unreadable checkpoint that may not be skipped, or
-      (NonFiniteError) a non-finite step that stops the run.
+      (nonfinite.NonFiniteError) a non-finite step that stops the run.
   """
   config_validation.validate(config)
   mesh = sharding.create_mesh(config.mesh)
@@ -200,7 +151,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       config.prefetch_batches)
   report_progress = periodic_actions.ReportProgress(
       num_train_steps=total_steps, writer=writer)
-  guard = _NonFiniteGuard(config, checkpointer)
+  guard = nonfinite.NonFiniteGuard(config, checkpointer)
   train_metrics = train_metrics_cls.empty()
   best_on_validation = {}
   try:
