@@ -14,6 +14,8 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 import ml_collections
 import numpy as np
 
+from clan_jax.user_errors import UserError
+
 DATA_AXIS = 'data'
 
 
@@ -23,8 +25,8 @@ def create_mesh(mesh_config: ml_collections.ConfigDict,
   devices = jax.devices() if devices is None else devices
   num_data = len(devices) if mesh_config.data == -1 else mesh_config.data
   if num_data < 1 or num_data > len(devices) or len(devices) % num_data:
-    raise ValueError(f'config.mesh.data={mesh_config.data} must be -1 or divide the '
-                     f'{len(devices)} available devices.')
+    raise UserError(f'config.mesh.data={mesh_config.data} must be -1 or divide the '
+                    f'{len(devices)} available devices.')
   return jax.make_mesh((num_data,), (DATA_AXIS,),
                        axis_types=(jax.sharding.AxisType.Auto,),
                        devices=devices[:num_data])
@@ -48,7 +50,7 @@ def check_batch_size(batch_size: int, mesh: Mesh, field: str) -> None:
   """Raises a clear error unless `batch_size` splits evenly over devices and processes."""
   divisor = np.lcm(mesh.shape[DATA_AXIS], jax.process_count())
   if batch_size % divisor:
-    raise ValueError(
+    raise UserError(
         f'config.{field}={batch_size} must be divisible by {divisor} (the '
         f'{mesh.shape[DATA_AXIS]} devices on the data axis and the '
         f'{jax.process_count()} processes).')

@@ -197,8 +197,10 @@ def test_checkpoint_round_trip_restores_identical_state(tmp_path):
 
 
 def test_bad_config_fields_are_named_before_training(data_dir, tmp_path):
-  config = _config(data_dir, branch_weights={'layer9': 1.0})
-  with pytest.raises(ValueError, match='config.branch_weights'):
+  config = _config(data_dir)
+  config.model.use_clsa = False
+  config.branch_weights.refined = 2.0
+  with pytest.raises(ValueError, match='config.branch_weights.refined=2.0 weighs a branch'):
     trainer.train_and_evaluate(config, str(tmp_path))
   config = _config(data_dir, batch_size=12)
   with pytest.raises(ValueError, match='config.batch_size=12'):

@@ -20,11 +20,15 @@ COMBINED = 'combined'
 def train_metrics_collection(branches: Sequence[str], params
                              ) -> type[metrics.Collection]:
   """Train metrics: the loss, the combined top-1 and the lr; each branch's loss
-  and top-1; and the `diagnostics` of a model with these params."""
+  and top-1; the `diagnostics` of a model with these params; and 'nonfinite',
+  the fraction of steps whose loss or gradient norm was not finite, and whose
+  update was therefore dropped (see `train_step`).
+  """
   averages = ([f'loss_{b}' for b in branches] + [f'accuracy_{b}' for b in branches]
               + diagnostics.names(params))
   return metrics.Collection.create(
       loss=metrics.Average.from_output('loss'),
+      nonfinite=metrics.Average.from_output('nonfinite'),
       accuracy=metrics.Average.from_output('accuracy'),
       learning_rate=metrics.LastValue.from_output('learning_rate'),
       **{name: metrics.Average.from_output(name) for name in averages})
@@ -52,7 +56,14 @@ def train_step(state: TrainState, batch: Mapping[str, jax.Array], *,
                branch_weights: Mapping[str, float], label_smoothing: float,
                learning_rate_fn: optax.Schedule, grad_accum_steps: int,
                metrics_cls: type[metrics.Collection]):
-  """One optimisation step on a global batch {'image': [B, H, W, 3], 'label': [B]}."""
+  """One optimisation step on a global batch {'image': [B, H, W, 3], 'label': [B]}.
+
+  A step whose loss or gradient norm is not finite changes nothing but the
+  step count: its update and BatchNorm statistics are dropped, so the state
+  never holds a NaN or inf, and its metrics have nonfinite = 1. Whether the
+  run then stops or goes on is the training loop's choice
+  (config.on_nonfinite).
+  """
   def loss_fn(params):
     outputs, updates = state.apply_fn(
         {'params': params, 'batch_stats': state.batch_stats}, batch['image'],
@@ -64,10 +75,14 @@ def train_step(state: TrainState, batch: Mapping[str, jax.Array], *,
 
   (loss, (outputs, updates, branch_losses)), grads = jax.value_and_grad(
       loss_fn, has_aux=True)(state.params)
-  new_state = state.apply_gradients(grads=grads, batch_stats=updates['batch_stats'])
+  finite = jnp.isfinite(loss) & jnp.isfinite(optax.global_norm(grads))
+  updated = state.apply_gradients(grads=grads, batch_stats=updates['batch_stats'])
+  new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old),
+                           updated, state.replace(step=updated.step))
   labels = batch['label']
   step_metrics = metrics_cls.single_from_model_output(
       loss=loss,
+      nonfinite=1.0 - finite.astype(jnp.float32),
       accuracy=topk_correct(outputs['combined'], labels, 1),
       learning_rate=learning_rate_fn(state.step // grad_accum_steps),
       **{f'loss_{b}': v for b, v in branch_losses.items()},
