@@ -25,7 +25,11 @@ def get_model_config() -> ml_collections.ConfigDict:
   m.clca.inner_ratio = 0.5  # choice: inner width = C_s * inner_ratio
   m.clca.upsample = 'bilinear'  # choice: bilinear | nearest
   m.clca.scaled = False  # choice: False = non-local (no 1/sqrt(d)); True = scaled dot product
-  m.clca.attention_impl = 'fused'  # fused (jax.nn.dot_product_attention) | reference
+  # auto: cuDNN flash attention on GPU for bf16/fp16 where its head-dim limits
+  # allow, else blockwise | blockwise: online-softmax blocks, memory O(N) on
+  # every platform | reference: the full [N, N] matrix (clan_jax/models/attention.py).
+  m.clca.attention_impl = 'auto'
+  m.clca.attention_block_size = 512  # positions per query/key block of blockwise
   m.clca.zero_init = True  # choice: BatchNorm after W_y with scale 0, so CLCA starts as identity
 
   m.clsa = ml_collections.ConfigDict()

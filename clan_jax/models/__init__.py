@@ -28,6 +28,9 @@ def validate_model_config(model_config: ml_collections.ConfigDict) -> None:
   _choice(m.clca.normalization, attention.NORMALIZATIONS, 'clca.normalization')
   _choice(m.clca.attention_impl, attention.IMPLEMENTATIONS, 'clca.attention_impl')
   _choice(m.clca.upsample, ('bilinear', 'nearest'), 'clca.upsample')
+  if m.clca.attention_block_size < 8:
+    raise ValueError(f'config.model.clca.attention_block_size='
+                     f'{m.clca.attention_block_size} must be >= 8.')
   if not 0 < m.clca.inner_ratio <= 1:
     raise ValueError(f'config.model.clca.inner_ratio={m.clca.inner_ratio} must be in (0, 1].')
   _choice(m.clsa.downsample, clsa.DOWNSAMPLE_MODES, 'clsa.downsample')
