@@ -92,11 +92,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   branches = models.branch_names(config.model.mid_level_taps, config.model.use_clca,
                                  config.model.use_clsa)
   tx, learning_rate_fn = optimizer.create_optimizer(config, steps_per_epoch, total_steps)
-  state = create_train_state(model, tx, jax.random.key(config.seed), config.image_size, mesh)
+  state = create_train_state(model, tx, jax.random.key(config.seed), config.image_size,
+                             mesh, config.mesh.fsdp_min_size)
   # config.init (pretrained backbone or a trained workdir); a checkpoint in
   # `workdir` (resuming) replaces it below.
   state = pretrained.initialize(state, config)
-  state_sharding = sharding.state_sharding(mesh, state)
+  state_sharding = sharding.state_sharding(mesh, state, config.mesh.fsdp_min_size)
 
   checkpointer = checkpointing.Checkpointer(
       os.path.join(workdir, trained_model.CHECKPOINT_DIR),
