@@ -2,7 +2,7 @@
 import jax.numpy as jnp
 import ml_collections
 
-from clan_jax.models import attention, clsa
+from clan_jax.models import attention, clsa, remat
 from clan_jax.models.clan import CLAN, COMBINE_MODES, MERGE_MODES, MID_LEVEL_STAGES, branch_names
 from clan_jax.models.clca import CLCA
 from clan_jax.models.clsa import CLSA
@@ -38,6 +38,8 @@ def validate_model_config(model_config: ml_collections.ConfigDict) -> None:
     raise ValueError(f'config.model.clsa.kernel_size={m.clsa.kernel_size} must be odd.')
   _choice(m.refined_top_merge, MERGE_MODES, 'refined_top_merge')
   _choice(m.combine, COMBINE_MODES, 'combine')
+  _choice(m.remat, remat.MODES, 'remat')
+  _choice(m.remat_policy, remat.POLICIES, 'remat_policy')
   for field in ('dtype', 'param_dtype'):
     _choice(m[field], ('float32', 'bfloat16', 'float16'), field)
 
@@ -58,6 +60,8 @@ def create_model(model_config: ml_collections.ConfigDict, num_classes: int) -> C
       clsa_options=dict(m.clsa),
       refined_top_merge=m.refined_top_merge,
       combine=m.combine,
+      remat=m.remat,
+      remat_policy=m.remat_policy,
       dtype=jnp.dtype(m.dtype),
       param_dtype=jnp.dtype(m.param_dtype),
   )
