@@ -1,0 +1,32 @@
+"""The PyTorch CLAN of the benchmarks has the JAX CLAN's layers: same parameters, same outputs' shapes."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import torch
+
+from benchmarks import torch_clan
+from clan_jax import models
+from configs import default
+
+
+def test_torch_clan_has_the_parameter_shapes_of_the_jax_clan():
+  config = default.get_model_config()
+  config.backbone, config.backbone_width = 'resnet50', 8
+  model = models.create_model(config, num_classes=7)
+  params = jax.eval_shape(lambda x: model.init(jax.random.key(0), x, train=False),
+                          jnp.zeros((1, 64, 64, 3)))['params']
+  torch_model = torch_clan.CLAN(num_classes=7, backbone='resnet50', width=8)
+  # Conv kernels HWIO vs OIHW, dense kernels (in, out) vs (out, in): compare sorted shapes.
+  jax_shapes = sorted(tuple(sorted(x.shape)) for x in jax.tree.leaves(params))
+  torch_shapes = sorted(tuple(sorted(d for d in p.shape if d != 1 or p.dim() == 1))
+                        for p in torch_model.parameters())
+  jax_shapes = sorted(tuple(sorted(d for d in s if d != 1 or len(s) == 1)) for s in jax_shapes)
+  assert torch_shapes == jax_shapes
+
+  torch_model.train()
+  branches = torch_model(torch.randn(2, 3, 64, 64).to(memory_format=torch.channels_last))
+  assert {k: tuple(v.shape) for k, v in branches.items()} == {
+      b: (2, 7) for b in ('layer2', 'layer3', 'top', 'refined')}
+  loss = torch_clan.clan_loss(branches, torch.tensor([0, 3]))
+  loss.backward()
+  assert np.isfinite(loss.item())
