@@ -7,6 +7,7 @@ from typing import Any
 from absl import logging
 from clu import metric_writers, periodic_actions
 import jax
+from jax.experimental import multihost_utils
 import ml_collections
 import numpy as np
 
@@ -48,6 +49,19 @@ def evaluate(eval_step: Callable, state: TrainState, batches, metrics_cls
   return results
 
 
+def _dataset_builder(config: ml_collections.ConfigDict):
+  """The builder of config.dataset; process 0 alone generates the synthetic data.
+
+  The other processes wait at a barrier until it has, so that processes
+  sharing a data_dir never write the same files.
+  """
+  if jax.process_count() > 1:
+    if jax.process_index() == 0:
+      input_pipeline.get_dataset_builder(config)
+    multihost_utils.sync_global_devices('clan_jax: dataset prepared')
+  return input_pipeline.get_dataset_builder(config)
+
+
 def _total_steps(config: ml_collections.ConfigDict, steps_per_epoch: int) -> int:
   if config.num_train_steps > 0:
     return config.num_train_steps
@@ -78,7 +92,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     raise ValueError(f'config.batch_size={config.batch_size} is not divisible by '
                      f'config.grad_accum_steps={config.grad_accum_steps}.')
 
-  builder = input_pipeline.get_dataset_builder(config)
+  builder = _dataset_builder(config)
   num_classes = input_pipeline.num_classes(builder)
   train_split, validation_split = input_pipeline.split_names(config)
   steps_per_epoch = input_pipeline.num_examples(builder, train_split) // config.batch_size
