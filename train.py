@@ -8,17 +8,21 @@ Several processes (hosts) as one job, each started with the same flags plus:
   --distributed --coordinator_address=HOST0:1234 --num_processes=N --process_id=I
 JAX's own options are flags too, e.g. --jax_cpu_collectives_implementation=gloo
 --jax_num_cpu_devices=4 for a multi-process job of CPU processes.
+
+A mistake in the config, the workdir or a file is printed as one line,
+`error: ...`, with exit status 2. SIGTERM or Ctrl-C save a checkpoint of the
+current step and exit with status 0; running the same command resumes.
 """
 import os
 
 from absl import app, flags, logging
 import jax
-from ml_collections import config_flags
 
+from clan_jax import user_errors
 from clan_jax.training import trainer
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file(
+user_errors.define_config_file(
     'config', os.path.join(os.path.dirname(__file__), 'configs', 'default.py'),
     'Training configuration file.', lock_config=True)
 flags.DEFINE_string('workdir', 'workdirs/default',
@@ -61,7 +65,11 @@ def main(argv):
   _initialize_distributed()
   logging.info('JAX %s, process %d/%d, devices: %s', jax.__version__,
                jax.process_index(), jax.process_count(), jax.devices())
-  results = trainer.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+  results = trainer.train_and_evaluate(user_errors.config_flag(), FLAGS.workdir)
+  if 'stopped' in results:
+    if jax.process_index() == 0:
+      print(results['stopped'], flush=True)
+    return
   if jax.process_index() == 0:
     print(f"\nTest accuracy (top-1, all branches combined): {results['top1_combined']:.2%} "
           f"on {results['num_examples']} images.")
@@ -73,4 +81,4 @@ def main(argv):
 
 if __name__ == '__main__':
   jax.config.config_with_absl()
-  app.run(main)
+  user_errors.run(main)

@@ -33,6 +33,7 @@ from PIL import Image, ImageDraw
 
 from clan_jax import trained_model, visualization
 from clan_jax.data import input_pipeline
+from clan_jax.user_errors import UserError
 
 Point = tuple[float, float]
 
@@ -79,8 +80,8 @@ def compute(trained: trained_model.TrainedModel, images: Sequence[np.ndarray],
   """
   config = trained.config
   if not (config.model.use_clca or config.model.use_clsa):
-    raise ValueError('This model has neither CLCA nor CLSA (config.model.use_clca, '
-                     'config.model.use_clsa), so it has no attention maps.')
+    raise UserError('This model has neither CLCA nor CLSA (config.model.use_clca, '
+                    'config.model.use_clsa), so it has no attention maps.')
   images = [np.asarray(image) for image in images]
   for image in images:
     if image.dtype != np.uint8 or image.ndim != 3 or image.shape[-1] != 3:

@@ -22,13 +22,13 @@ from typing import Any
 
 from absl import app, flags, logging
 import jax
-from ml_collections import config_flags
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from clan_jax import models, sharding, trained_model, visualization
+from clan_jax import models, sharding, trained_model, user_errors, visualization
 from clan_jax.data import input_pipeline
 from clan_jax.training import steps, trainer
+from clan_jax.user_errors import UserError
 
 FLAGS = flags.FLAGS
 
@@ -72,8 +72,8 @@ def evaluate(workdir: str, *, split: str | None = None, step: int | None = None,
   config = trained_model.load_config(workdir)
   unknown = sorted(set(overrides or {}) - set(OVERRIDABLE_FIELDS))
   if unknown:
-    raise ValueError(f'Cannot override {unknown} for evaluation: the checkpoint fixes '
-                     f'them. Only {list(OVERRIDABLE_FIELDS)} can change.')
+    raise UserError(f'Cannot override {unknown} for evaluation: the checkpoint fixes '
+                    f'them. Only {list(OVERRIDABLE_FIELDS)} can change.')
   config.update(overrides or {})
   split = split or config.eval_split
   mesh = sharding.create_mesh(config.mesh)
@@ -81,7 +81,7 @@ def evaluate(workdir: str, *, split: str | None = None, step: int | None = None,
   trained = trained_model.load(workdir, step=step, mesh=mesh)
   builder = input_pipeline.get_dataset_builder(config)
   if input_pipeline.class_names(builder) != trained.class_names:
-    raise ValueError(
+    raise UserError(
         f'The classes of config.dataset={config.dataset!r} in {builder.data_dir} are not '
         f'the {len(trained.class_names)} classes of {workdir}/{trained_model.CLASSES_FILE}: '
         'evaluate on the dataset the model was trained on (--config).')
@@ -192,7 +192,7 @@ def _define_flags() -> None:
   # Here rather than at import, so that the commands' modules import together.
   flags.DEFINE_string('checkpoint', None, 'A train.py workdir (config.json, classes.json, '
                       'checkpoints/).', required=True)
-  config_flags.DEFINE_config_file(
+  user_errors.define_config_file(
       'config', None, 'Optional config file whose data and evaluation fields '
       "replace the workdir's (see clan_jax/evaluate.py); its model fields are ignored.",
       lock_config=True)
@@ -209,9 +209,9 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   overrides = None
-  if FLAGS.config is not None:
-    overrides = {field: FLAGS.config[field] for field in OVERRIDABLE_FIELDS
-                 if field in FLAGS.config}
+  config = user_errors.config_flag()
+  if config is not None:
+    overrides = {field: config[field] for field in OVERRIDABLE_FIELDS if field in config}
   results = evaluate(FLAGS.checkpoint, split=FLAGS.split, step=FLAGS.step,
                      flip_tta=FLAGS.flip_tta, overrides=overrides)
   if jax.process_index() == 0:
@@ -225,4 +225,4 @@ def main(argv):
 if __name__ == '__main__':
   _define_flags()
   jax.config.config_with_absl()
-  app.run(main)
+  user_errors.run(main)

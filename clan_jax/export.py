@@ -28,7 +28,7 @@ import jax
 from jax import export as jax_export
 import jax.numpy as jnp
 
-from clan_jax import models, trained_model
+from clan_jax import models, trained_model, user_errors
 from clan_jax.data import input_pipeline
 
 FLAGS = flags.FLAGS
@@ -132,4 +132,4 @@ def main(argv):
 if __name__ == '__main__':
   _define_flags()
   jax.config.config_with_absl()
-  app.run(main)
+  user_errors.run(main)

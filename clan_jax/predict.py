@@ -20,7 +20,7 @@ from absl import app, flags
 import jax
 import numpy as np
 
-from clan_jax import attention_maps, sharding, trained_model
+from clan_jax import attention_maps, sharding, trained_model, user_errors
 from clan_jax.data import input_pipeline
 from clan_jax.training import steps
 
@@ -185,4 +185,4 @@ def main(argv):
 if __name__ == '__main__':
   _define_flags()
   jax.config.config_with_absl()
-  app.run(main)
+  user_errors.run(main)

@@ -21,6 +21,7 @@ import dataclasses
 import os
 import pickle
 import re
+import zipfile
 from typing import Any
 
 from absl import logging
@@ -33,6 +34,7 @@ import numpy as np
 from clan_jax import trained_model
 from clan_jax.models.resnet import RESNET_VARIANTS, STAGE_NAMES, Bottleneck, create_resnet
 from clan_jax.training.train_state import TrainState
+from clan_jax.user_errors import MissingFileError, UserError
 
 VARIANT_KEY = 'variant'
 _FC = 'params/fc/'
@@ -70,7 +72,7 @@ class BackboneWeights:
     return traverse_util.unflatten_dict(self.arrays, sep='/')
 
 
-class WeightsMismatchError(ValueError):
+class WeightsMismatchError(UserError):
   """Weights whose keys or shapes do not fit the model they are loaded into."""
 
 
@@ -90,15 +92,28 @@ def _read_torch(path: str) -> Any:
     # cannot run code.
     return torch.load(path, map_location='cpu', weights_only=True)
   except pickle.UnpicklingError as e:
-    # PyTorch's message also suggests weights_only=False, which this never does.
+    # PyTorch's message surrounds its reason with advice, including
+    # weights_only=False, which this never does: keep the reason alone.
+    boilerplate = ('Weights only load failed', 'Please file an issue', 'Check the documentation')
     reason = next((line.strip() for line in str(e).splitlines()
-                   if 'WeightsUnpickler error' in line), str(e))
-    raise ValueError(
+                   if line.strip() and not line.strip().startswith(boilerplate)), str(e))
+    if reason.startswith(('Unsupported operand', 'invalid load key')):
+      # Bytes that are no pickle at all: a damaged file or another format.
+      raise UserError(f'{path} is not a PyTorch checkpoint that can be read '
+                      f'({type(e).__name__}: {reason}).') from e
+    raise UserError(
         f'{path} holds pickled Python objects other than tensors, so it was not '
         'loaded: unpickling them could run arbitrary code (torch.load with '
         'weights_only=True refused it). Save the bare state dict '
         '(torch.save(model.state_dict(), ...)) or a .safetensors file from a '
         f'trusted environment. PyTorch: {reason}') from e
+  except (RuntimeError, EOFError, OSError) as e:  # a damaged or truncated archive
+    raise UserError(f'{path} is not a PyTorch checkpoint that can be read '
+                    f'({_first_line(e)}).') from e
+
+
+def _first_line(error: Exception) -> str:
+  return f'{type(error).__name__}: {str(error).strip().splitlines()[0] if str(error).strip() else ""}'
 
 
 def _to_numpy(value: Any) -> np.ndarray | None:
@@ -116,20 +131,25 @@ def load_state_dict(path: str) -> dict[str, np.ndarray]:
   Unwraps {'state_dict': ...} and {'model': ...}; keys are left as they are.
   """
   if not os.path.exists(path):
-    raise FileNotFoundError(f'Pretrained weights file {path} not found.')
+    raise MissingFileError(f'Pretrained weights file {path} not found.')
   if path.endswith('.safetensors'):
     from safetensors import numpy as safetensors_numpy  # pylint: disable=g-import-not-at-top
-    loaded = safetensors_numpy.load_file(path)
+    import safetensors  # pylint: disable=g-import-not-at-top
+    try:
+      loaded = safetensors_numpy.load_file(path)
+    except (safetensors.SafetensorError, OSError, ValueError) as e:
+      raise UserError(f'{path} is not a .safetensors file that can be read '
+                      f'({_first_line(e)}).') from e
   elif path.endswith(_TORCH_SUFFIXES):
     loaded = _read_torch(path)
   else:
-    raise ValueError(f'{path}: expected a .safetensors, .npz or {"/".join(_TORCH_SUFFIXES)} '
-                     'file.')
+    raise UserError(f'{path}: expected a .safetensors, .npz or {"/".join(_TORCH_SUFFIXES)} '
+                    'file.')
   for wrapper in _WRAPPER_KEYS:
     if isinstance(loaded, dict) and isinstance(loaded.get(wrapper), dict):
       loaded = loaded[wrapper]
   if not isinstance(loaded, dict):
-    raise ValueError(f'{path} holds a {type(loaded).__name__}, not a state dict.')
+    raise UserError(f'{path} holds a {type(loaded).__name__}, not a state dict.')
   state_dict, not_arrays = {}, []
   for key, value in loaded.items():
     array = _to_numpy(value)
@@ -138,7 +158,7 @@ def load_state_dict(path: str) -> dict[str, np.ndarray]:
     else:
       state_dict[key] = array
   if not_arrays:
-    raise ValueError(f'{path}: these entries are not tensors: {sorted(not_arrays)}.')
+    raise UserError(f'{path}: these entries are not tensors: {sorted(not_arrays)}.')
   return state_dict
 
 
@@ -255,12 +275,19 @@ def load_weights(path: str, variant: str | None = None) -> BackboneWeights:
   if not path.endswith('.npz'):
     return convert_state_dict(load_state_dict(path), variant, source=path)
   if not os.path.exists(path):
-    raise FileNotFoundError(f'Pretrained weights file {path} not found.')
-  with np.load(path, allow_pickle=False) as npz:
-    arrays = {k: npz[k] for k in npz.files}
+    raise MissingFileError(f'Pretrained weights file {path} not found.')
+  if not zipfile.is_zipfile(path):
+    raise UserError(f'{path} is not a .npz file of clan_jax.tools.convert_weights that can '
+                    'be read (it is not a zip archive).')
+  try:
+    with np.load(path, allow_pickle=False) as npz:
+      arrays = {k: npz[k] for k in npz.files}
+  except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
+    raise UserError(f'{path} is not a .npz file of clan_jax.tools.convert_weights that '
+                    f'can be read ({_first_line(e)}).') from e
   if VARIANT_KEY not in arrays:
-    raise ValueError(f'{path} has no {VARIANT_KEY!r} entry: it was not written by '
-                     'clan_jax.tools.convert_weights.')
+    raise UserError(f'{path} has no {VARIANT_KEY!r} entry: it was not written by '
+                    'clan_jax.tools.convert_weights.')
   weights = BackboneWeights(str(arrays.pop(VARIANT_KEY)), arrays)
   if variant is not None and variant != weights.variant:
     raise WeightsMismatchError(f'{path} holds a {weights.variant}, not the requested {variant}.')
@@ -293,8 +320,8 @@ def initialize(state: TrainState, config: ml_collections.ConfigDict) -> TrainSta
   """
   init = config.init
   if init.backbone_weights and init.checkpoint:
-    raise ValueError('Set at most one of config.init.backbone_weights and '
-                     'config.init.checkpoint.')
+    raise UserError('Set at most one of config.init.backbone_weights and '
+                    'config.init.checkpoint.')
   if not (init.backbone_weights or init.checkpoint):
     return state
   expected = _flatten({'params': state.params, 'batch_stats': state.batch_stats})

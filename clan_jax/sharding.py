@@ -27,6 +27,8 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 import ml_collections
 import numpy as np
 
+from clan_jax.user_errors import UserError
+
 DATA_AXIS = 'data'
 FSDP_AXIS = 'fsdp'
 BATCH_AXES = (DATA_AXIS, FSDP_AXIS)
@@ -42,7 +44,7 @@ def create_mesh(mesh_config: ml_collections.ConfigDict,
   devices = jax.devices() if devices is None else devices
   strategy = mesh_config.get('strategy', 'data')
   if strategy not in STRATEGIES:
-    raise ValueError(f'config.mesh.strategy={strategy!r} is not one of {STRATEGIES}.')
+    raise UserError(f'config.mesh.strategy={strategy!r} is not one of {STRATEGIES}.')
   num_data, num_fsdp = mesh_config.data, mesh_config.get('fsdp', -1)
   if strategy == 'data':
     num_fsdp = 1
@@ -52,11 +54,11 @@ def create_mesh(mesh_config: ml_collections.ConfigDict,
     num_data = len(devices) // max(num_fsdp, 1)
   for field, value in (('data', num_data), ('fsdp', num_fsdp)):
     if value < 1 or len(devices) % value:
-      raise ValueError(f'config.mesh.{field}={getattr(mesh_config, field, -1)} must be -1 '
-                       f'or divide the {len(devices)} available devices.')
+      raise UserError(f'config.mesh.{field}={getattr(mesh_config, field, -1)} must be -1 '
+                      f'or divide the {len(devices)} available devices.')
   if num_data * num_fsdp > len(devices) or len(devices) % (num_data * num_fsdp):
-    raise ValueError(f'config.mesh.data x config.mesh.fsdp = {num_data} x {num_fsdp} '
-                     f'must divide the {len(devices)} available devices.')
+    raise UserError(f'config.mesh.data x config.mesh.fsdp = {num_data} x {num_fsdp} '
+                    f'must divide the {len(devices)} available devices.')
   return jax.make_mesh((num_data, num_fsdp), BATCH_AXES,
                        axis_types=(jax.sharding.AxisType.Auto,) * 2,
                        devices=devices[:num_data * num_fsdp])
@@ -100,7 +102,7 @@ def check_batch_size(batch_size: int, mesh: Mesh, field: str) -> None:
   """Raises a clear error unless `batch_size` splits evenly over devices and processes."""
   divisor = np.lcm(num_batch_shards(mesh), jax.process_count())
   if batch_size % divisor:
-    raise ValueError(
+    raise UserError(
         f'config.{field}={batch_size} must be divisible by {divisor} (the '
         f'{num_batch_shards(mesh)} devices on the data and fsdp axes and the '
         f'{jax.process_count()} processes).')

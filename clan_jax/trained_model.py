@@ -20,6 +20,7 @@ import tensorflow as tf
 from clan_jax import checkpointing, models, sharding
 from clan_jax.training import optimizer
 from clan_jax.training.train_state import TrainState, abstract_train_state
+from clan_jax.user_errors import MissingFileError, UserError
 
 CONFIG_FILE = 'config.json'
 CLASSES_FILE = 'classes.json'
@@ -71,7 +72,7 @@ def check_same_model(workdir: str, config: ml_collections.ConfigDict) -> None:
             if key.split('.')[0] in ('dataset', 'model')
             and stored.get(key) != current.get(key)]
   if differ:
-    raise ValueError(
+    raise UserError(
         f'{workdir} holds checkpoints of another model or dataset ({"; ".join(differ)}). '
         'Use a new --workdir for it.')
 
@@ -80,7 +81,7 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
   """The config a workdir was trained with."""
   path = os.path.join(workdir, CONFIG_FILE)
   if not tf.io.gfile.exists(path):
-    raise FileNotFoundError(f'{path} not found: {workdir} is not a train.py workdir.')
+    raise MissingFileError(f'{path} not found: {workdir} is not a train.py workdir.')
   with tf.io.gfile.GFile(path) as f:
     return ml_collections.ConfigDict(json.load(f))
 
@@ -103,8 +104,8 @@ def load(workdir: str, *, step: int | None = None, mesh: Mesh | None = None
   if step is not None and not tf.io.gfile.exists(os.path.join(checkpoint_dir, str(step))):
     names = tf.io.gfile.listdir(checkpoint_dir) if tf.io.gfile.exists(checkpoint_dir) else []
     saved = sorted(int(n.rstrip('/')) for n in names if n.rstrip('/').isdigit())
-    raise FileNotFoundError(f'No checkpoint of step {step} in {checkpoint_dir}; its '
-                            f'steps are {saved}.')
+    raise MissingFileError(f'No checkpoint of step {step} in {checkpoint_dir}; its '
+                           f'steps are {saved}.')
   checkpointer = checkpointing.Checkpointer(
       checkpoint_dir, save_every_steps=1, max_to_keep=None)
   state = checkpointer.restore(

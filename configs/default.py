@@ -74,7 +74,6 @@ def get_config() -> ml_collections.ConfigDict:
   config.synthetic.seed = 0
   config.resize_size = 144  # shorter side before the crop
   config.image_size = 128  # crop fed to the model
-  config.shuffle_buffer_size = 2048
   config.cache = True  # cache decoded examples in memory
   # Crop every image (train and eval) to its object's bounding box before
   # resizing; needs a dataset with a 'bbox' feature (CUB, Cars, Aircraft).
@@ -116,6 +115,11 @@ def get_config() -> ml_collections.ConfigDict:
   config.weight_decay_mode = 'l2'  # l2 (added to the gradient, as torch.optim.SGD) | decoupled
   config.grad_clip_norm = 0.0  # 0 disables clipping
   config.grad_accum_steps = 1
+  # A step whose loss or gradient norm is not finite never updates the state.
+  # 'stop': the run then stops with an error naming the step; 'skip': it goes
+  # on, unless more than max_consecutive_skips such steps come in a row.
+  config.on_nonfinite = 'stop'
+  config.max_consecutive_skips = 10
 
   # --- Devices ---
   config.mesh = ml_collections.ConfigDict()
@@ -132,4 +136,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.eval_every_epochs = 5.0
   config.checkpoint_every_steps = 100
   config.keep_checkpoints = 2
+  # Resume from the newest checkpoint that can be read when the latest cannot
+  # (it is reported and moved aside); False: stop with an error instead.
+  config.checkpoint_fallback = True
   return config

@@ -16,7 +16,6 @@ def get_config(dataset: str) -> ml_collections.ConfigDict:
   config.dataset = dataset
   config.resize_size = 512
   config.image_size = 448
-  config.shuffle_buffer_size = 10_000
   config.cache = False  # decoded 448px datasets do not fit comfortably in memory
   config.batch_size = 32
   config.eval_batch_size = 64

@@ -10,7 +10,6 @@ def get_config():
   config.synthetic.image_size = 36
   config.resize_size = 36
   config.image_size = 32
-  config.shuffle_buffer_size = 64
   config.batch_size = 8
   config.eval_batch_size = 8
   config.model.backbone = 'resnet18'

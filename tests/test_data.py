@@ -26,7 +26,6 @@ def _config(data_dir: str) -> ml_collections.ConfigDict:
   config.image_size = 24
   config.batch_size = 4
   config.eval_batch_size = 4
-  config.shuffle_buffer_size = 8
   return config
 
 
@@ -108,8 +107,7 @@ def test_synthetic_sizes_are_checked(tmp_path):
 
 def test_train_batches(config, builder):
   # 10 batches of 4 run through the 26 examples more than once.
-  batches = _take(input_pipeline.create_train_dataset(config, builder, seed=0),
-                  10)
+  batches = _take(input_pipeline.create_train_dataset(config, builder), 10)
   for batch in batches:
     assert batch.keys() == {'image', 'label'}
     assert batch['image'].shape == (4, 24, 24, 3)
@@ -123,13 +121,50 @@ def test_train_batches(config, builder):
   assert images.min() < -1 and images.max() > 1  # normalised, not 0..1
   assert labels.min() >= 0 and labels.max() < 13
 
-  again = _take(input_pipeline.create_train_dataset(config, builder, seed=0),
-                10)
+  again = _take(input_pipeline.create_train_dataset(config, builder), 10)
   np.testing.assert_array_equal(_stack(again, 'image'), images)
   np.testing.assert_array_equal(_stack(again, 'label'), labels)
-  other = _take(input_pipeline.create_train_dataset(config, builder, seed=1),
-                10)
+  config.seed = 1
+  other = _take(input_pipeline.create_train_dataset(config, builder), 10)
   assert not np.array_equal(_stack(other, 'image'), images)
+
+
+def test_each_epoch_is_a_permutation_of_the_split(config, builder):
+  # Positions 0..25 are epoch 0, 26..51 epoch 1: 13 batches of 4 hold both.
+  labels = _stack(_take(input_pipeline.create_train_dataset(config, builder), 13),
+                  'label').ravel()
+  for epoch in labels[:26], labels[26:]:
+    assert sorted(epoch) == sorted(list(range(13)) * 2)
+  assert not np.array_equal(labels[:26], labels[26:])
+
+
+def test_resumed_stream_is_the_uninterrupted_one(config, builder):
+  full = _take(input_pipeline.create_train_dataset(config, builder), 9)
+  resumed = _take(input_pipeline.create_train_dataset(config, builder, start_step=6), 3)
+  for key in ('image', 'label'):
+    np.testing.assert_array_equal(_stack(resumed, key), _stack(full[6:], key))
+
+
+def test_global_batch_does_not_depend_on_the_process_count(config, builder, monkeypatch):
+  single = _take(input_pipeline.create_train_dataset(config, builder, start_step=5), 2)
+  monkeypatch.setattr(jax, 'process_count', lambda: 2)
+  shares = []
+  for index in range(2):
+    monkeypatch.setattr(jax, 'process_index', lambda index=index: index)
+    shares.append(_take(input_pipeline.create_train_dataset(config, builder, start_step=5), 2))
+  for step in range(2):
+    for key in ('image', 'label'):
+      assert shares[0][step][key].shape[0] == 2
+      np.testing.assert_array_equal(
+          np.concatenate([shares[0][step][key], shares[1][step][key]]), single[step][key])
+
+
+def test_cached_and_uncached_streams_are_identical(config, builder):
+  cached = _take(input_pipeline.create_train_dataset(config, builder), 8)
+  config.cache = False
+  uncached = _take(input_pipeline.create_train_dataset(config, builder), 8)
+  for key in ('image', 'label'):
+    np.testing.assert_array_equal(_stack(uncached, key), _stack(cached, key))
 
 
 def _eval_labels(config, builder) -> tuple[list[int], int, int]:
@@ -171,7 +206,7 @@ def test_eval_splits_over_processes(config, builder, monkeypatch):
 def test_batch_size_must_divide_over_processes(config, builder, monkeypatch):
   monkeypatch.setattr(jax, 'process_count', lambda: 3)
   with pytest.raises(ValueError, match='config.batch_size=4'):
-    input_pipeline.create_train_dataset(config, builder, seed=0)
+    input_pipeline.create_train_dataset(config, builder)
   with pytest.raises(ValueError, match='config.eval_batch_size=4'):
     input_pipeline.create_eval_dataset(config, builder, 'test')
 
@@ -179,7 +214,7 @@ def test_batch_size_must_divide_over_processes(config, builder, monkeypatch):
 def test_crop_larger_than_resize_is_an_error(config, builder):
   config.image_size = 40
   with pytest.raises(ValueError, match='config.resize_size'):
-    input_pipeline.create_train_dataset(config, builder, seed=0)
+    input_pipeline.create_train_dataset(config, builder)
 
 
 def test_unprepared_dataset_is_an_error(tmp_path):

@@ -19,6 +19,8 @@ from etils import epath
 import PIL.Image
 import tensorflow_datasets as tfds
 
+from clan_jax.user_errors import MissingFileError, UserError
+
 # Quality of the JPEGs written for images that are not RGB JPEGs already (the
 # others are stored byte for byte).
 _JPEG_QUALITY = 95
@@ -67,8 +69,8 @@ def set_class_names(builder: tfds.core.GeneratorBasedBuilder,
                     names: Sequence[str], source: epath.Path) -> None:
   duplicates = sorted({name for name in names if names.count(name) > 1})
   if duplicates:
-    raise ValueError(f'{source} names these classes more than once: '
-                     f'{duplicates}. The file is damaged: extract it again.')
+    raise UserError(f'{source} names these classes more than once: '
+                    f'{duplicates}. The file is damaged: extract it again.')
   builder.info.features['label'].names = list(names)
 
 
@@ -77,7 +79,7 @@ def manual_dir(dl_manager: tfds.download.DownloadManager) -> epath.Path:
   try:
     return dl_manager.manual_dir
   except AssertionError as e:  # TFDS's message names the directory
-    raise FileNotFoundError(
+    raise MissingFileError(
         f'{e}\n(Pass the directory with --manual_dir to '
         'python -m clan_jax.data.prepare.)') from e
 
@@ -127,7 +129,7 @@ def dataset_root(dl_manager: tfds.download.DownloadManager,
   root_dir = manual_dir(dl_manager)
   root = find(dl_manager, root_dir, candidates, marker=marker, archives=[archive])
   if root is None:
-    raise FileNotFoundError(
+    raise MissingFileError(
         f'Neither {root_dir / archive} nor {root_dir / candidates[0] / marker} '
         f'exists. {instructions}')
   return root
@@ -144,7 +146,7 @@ def read_rows(path: epath.Path, num_fields: int) -> list[list[str]]:
     ValueError: a line has fewer fields.
   """
   if not path.exists():
-    raise FileNotFoundError(
+    raise MissingFileError(
         f'Metadata file {path} is missing. Extract the complete archive again '
         'into the manual directory (see the instructions of the dataset).')
   rows = []
@@ -153,7 +155,7 @@ def read_rows(path: epath.Path, num_fields: int) -> list[list[str]]:
       continue
     fields = line.split(maxsplit=num_fields - 1)
     if len(fields) != num_fields:
-      raise ValueError(
+      raise UserError(
           f'{path}, line {number}: expected {num_fields} fields, got '
           f'{line!r}. The file is damaged: extract it again from the archive.')
     rows.append([field.strip() for field in fields])
@@ -197,7 +199,7 @@ def rgb_jpeg(path: epath.Path, *, listed_in: str,
   try:
     data = path.read_bytes()
   except FileNotFoundError as e:
-    raise FileNotFoundError(
+    raise MissingFileError(
         f'Image {path}, listed in {listed_in}, is missing. Extract the '
         'complete archive again into the manual directory.') from e
   try:
@@ -207,12 +209,12 @@ def rgb_jpeg(path: epath.Path, *, listed_in: str,
         return data, image.width, image.height
       rgb = image.convert('RGB')
   except (OSError, ValueError, SyntaxError) as e:  # what PIL raises
-    raise ValueError(
+    raise UserError(
         f'Image {path}, listed in {listed_in}, cannot be decoded ({e}). '
         'The file is damaged: extract it again from the archive.') from e
   if crop_bottom:
     if rgb.height <= crop_bottom:
-      raise ValueError(
+      raise UserError(
           f'Image {path}, listed in {listed_in}, is {rgb.height} pixels high: '
           f'nothing is left after cropping {crop_bottom} rows off its bottom. '
           'Prepare the config that keeps the banner for such images.')

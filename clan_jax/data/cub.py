@@ -10,6 +10,7 @@ manual directory instead:
 import tensorflow_datasets as tfds
 
 from clan_jax.data import builder_utils
+from clan_jax.user_errors import UserError
 
 _ARCHIVE = 'CUB_200_2011.tgz'
 _FOLDER = 'CUB_200_2011'
@@ -61,12 +62,12 @@ or
                           (is_train, 'train_test_split.txt'),
                           (boxes, 'bounding_boxes.txt')):
         if image_id not in table:
-          raise ValueError(
+          raise UserError(
               f'{root / file} has no line for image {image_id} '
               f'({relative_path}) of images.txt. The metadata files are from '
               'different copies: extract them again from the same archive.')
       if class_ids[image_id] not in label_of_class:
-        raise ValueError(
+        raise UserError(
             f'{root / "image_class_labels.txt"}: image {image_id} has class '
             f'{class_ids[image_id]}, which {root / "classes.txt"} lacks.')
       x, y, width, height = (float(value) for value in boxes[image_id])

@@ -17,6 +17,7 @@ import dataclasses
 import tensorflow_datasets as tfds
 
 from clan_jax.data import builder_utils
+from clan_jax.user_errors import UserError
 
 _ARCHIVE = 'fgvc-aircraft-2013b.tar.gz'
 _FOLDER = 'fgvc-aircraft-2013b/data'
@@ -79,10 +80,10 @@ or
       annotations = []
       for image_id, variant in builder_utils.read_rows(listed_in, 2):
         if variant not in label_of:
-          raise ValueError(f'{listed_in}: image {image_id} has variant '
-                           f'{variant!r}, which {variants_file} lacks.')
+          raise UserError(f'{listed_in}: image {image_id} has variant '
+                          f'{variant!r}, which {variants_file} lacks.')
         if image_id not in boxes:
-          raise ValueError(
+          raise UserError(
               f'{root / "images_box.txt"} has no box for image {image_id} of '
               f'{listed_in}. The metadata files are from different copies: '
               'extract them again from the same archive.')

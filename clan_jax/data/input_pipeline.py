@@ -1,7 +1,10 @@
 """Input pipeline: TFDS examples -> per-process batches of numpy arrays.
 
-Every process reads its own disjoint slice of each split (`tfds.even_splits`)
-and yields batches of `global batch size // jax.process_count()` examples; the
+Training: the global batch of step k is a pure function of (config.seed, k)
+and the dataset, whatever the number of processes (`create_train_dataset`);
+each process yields its rows of it. Evaluation: every process reads its own
+disjoint slice of the split (`tfds.even_splits`). Either way a process yields
+batches of `global batch size // jax.process_count()` examples, and the
 training loop assembles the global batch across processes.
 
 Images of any size, aspect ratio and channel count are decoded to RGB, resized
@@ -19,6 +22,11 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from clan_jax.data import synthetic
+from clan_jax.user_errors import MissingFileError, UserError
+
+# Tags that split config.seed into independent streams of the training input.
+_ORDER_STREAM = 0  # the permutation of each epoch
+_AUGMENT_STREAM = 1  # each position's random crop and flip
 
 # ImageNet statistics on the 0..255 scale.
 MEAN_RGB = (0.485 * 255, 0.456 * 255, 0.406 * 255)
@@ -53,10 +61,10 @@ def _prepared_builder(config: ml_collections.ConfigDict) -> tfds.core.DatasetBui
   try:
     builder = tfds.builder(config.dataset, data_dir=config.data_dir)
   except tfds.core.registered.DatasetNotFoundError as e:
-    raise ValueError(
+    raise UserError(
         f'config.dataset={config.dataset!r} is not a known TFDS dataset.') from e
   if not builder.is_prepared():
-    raise FileNotFoundError(
+    raise MissingFileError(
         f'Dataset {config.dataset!r} (config.dataset) is not prepared in '
         f'{builder.data_dir_root} (config.data_dir). Datasets are never '
         'downloaded at run time: prepare it once, with `python -m '
@@ -72,12 +80,12 @@ def _check_features(config: ml_collections.ConfigDict,
   # FeaturesDict supports `in` and [] but has no .get().
   if 'image' not in features or 'label' not in features or not isinstance(
       features['label'], tfds.features.ClassLabel):
-    raise ValueError(
+    raise UserError(
         f'config.dataset={config.dataset!r} needs an "image" and a "label" '
         f'(ClassLabel) feature; its features are {list(features.keys())}.')
   if config.crop_to_bbox and 'bbox' not in features:
-    raise ValueError(f'config.crop_to_bbox is set, but {config.dataset!r} has no '
-                     f"'bbox' feature; its features are {list(features.keys())}.")
+    raise UserError(f'config.crop_to_bbox is set, but {config.dataset!r} has no '
+                    f"'bbox' feature; its features are {list(features.keys())}.")
 
 
 def split_names(config: ml_collections.ConfigDict) -> tuple[str, str | None]:
@@ -91,10 +99,10 @@ def split_names(config: ml_collections.ConfigDict) -> tuple[str, str | None]:
   if not percent:
     return config.train_split, None
   if not 0 < percent < 100:
-    raise ValueError(f'config.validation_percent={percent} must be between 1 '
-                     'and 99 (or 0 for no validation split).')
+    raise UserError(f'config.validation_percent={percent} must be between 1 '
+                    'and 99 (or 0 for no validation split).')
   if '[' in config.train_split:
-    raise ValueError(
+    raise UserError(
         f'config.validation_percent needs a whole split in config.train_split, '
         f'not the slice {config.train_split!r}.')
   cut = 100 - percent
@@ -116,43 +124,52 @@ def class_names(builder: tfds.core.DatasetBuilder) -> list[str]:
 
 def create_train_dataset(config: ml_collections.ConfigDict,
                          builder: tfds.core.DatasetBuilder, *,
-                         seed: int) -> tf.data.Dataset:
-  """Infinite, shuffled, augmented training batches of this process.
+                         start_step: int = 0) -> tf.data.Dataset:
+  """Infinite, shuffled, augmented training batches of this process, from `start_step` on.
 
-  The same seed gives the same sequence of batches: shuffling is seeded, and
-  the random crop and flip of the i-th example of the stream are drawn from
-  (seed, process index, i).
+  The order is index based, so that a resumed run reads what an uninterrupted
+  one would. The training stream is the concatenation of epochs; epoch e is a
+  permutation of the train split drawn from (config.seed, e). The global batch
+  of train step k (0-based: the batch that takes state.step from k to k + 1)
+  is positions [k B, (k + 1) B) of that stream, B = config.batch_size, and the
+  random crop and flip of position p are drawn from (config.seed, p). So global
+  batch k is a pure function of (config.seed, k) and the dataset, whatever the
+  number of processes; process i of P yields its rows [i B / P, (i + 1) B / P).
 
   Args:
-    config: the experiment config (train_split, validation_percent,
-      resize_size, image_size, batch_size, cache, shuffle_buffer_size,
-      crop_to_bbox).
+    config: the experiment config (seed, train_split, validation_percent,
+      resize_size, image_size, batch_size, cache, crop_to_bbox).
     builder: a prepared builder (see `get_dataset_builder`).
-    seed: the data seed.
+    start_step: the first global batch to yield (a resumed state's step).
 
   Returns:
     Batches {'image': float32 [b, image_size, image_size, 3] (normalised),
     'label': int32 [b]} with b = config.batch_size // jax.process_count().
   """
   batch_size = _local_batch_size(config.batch_size, 'config.batch_size')
-  _check_crop_size(config)
-  split = _process_splits(split_names(config)[0])[jax.process_index()]
-  example_seed = tf.constant([seed, jax.process_index()], tf.int64)
+  check_crop_size(config)
+  size, load = _random_access_examples(config, builder, split_names(config)[0])
+  order_key = tf.constant([config.seed, _ORDER_STREAM], tf.int64)
+  augment_key = tf.constant([config.seed, _AUGMENT_STREAM], tf.int64)
+  first_row = jax.process_index() * batch_size
 
-  def augment(index: tf.Tensor, example: dict[str, tf.Tensor]):
+  def example(count: tf.Tensor) -> dict[str, tf.Tensor]:
+    """The `count`-th example this process yields (int64 scalar)."""
+    step = start_step + count // batch_size
+    position = step * config.batch_size + first_row + count % batch_size
+    epoch_key = tf.random.experimental.stateless_fold_in(order_key, position // size)
+    index = tf.random.experimental.index_shuffle(position % size, epoch_key,
+                                                 tf.constant(size - 1, tf.int64))
+    image, label = load(index)
     crop_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(
-        tf.random.experimental.stateless_fold_in(example_seed, index), 2))
-    size = config.image_size
-    image = tf.image.stateless_random_crop(example['image'], [size, size, 3],
-                                           crop_seed)
+        tf.random.experimental.stateless_fold_in(augment_key, position), 2))
+    image = tf.image.stateless_random_crop(
+        image, [config.image_size, config.image_size, 3], crop_seed)
     image = tf.image.stateless_random_flip_left_right(image, flip_seed)
-    return {'image': _normalize(image), 'label': example['label']}
+    return {'image': _normalize(image), 'label': label}
 
-  ds = _decoded_examples(config, builder, split)
-  ds = ds.shuffle(config.shuffle_buffer_size, seed=seed,
-                  reshuffle_each_iteration=True)
-  ds = ds.repeat().enumerate()
-  ds = ds.map(augment, num_parallel_calls=tf.data.AUTOTUNE)
+  ds = tf.data.Dataset.counter()
+  ds = ds.map(example, num_parallel_calls=tf.data.AUTOTUNE)
   ds = ds.batch(batch_size, drop_remainder=True)
   return _deterministic(ds.prefetch(tf.data.AUTOTUNE))
 
@@ -180,7 +197,7 @@ def create_eval_dataset(config: ml_collections.ConfigDict,
   """
   batch_size = _local_batch_size(config.eval_batch_size,
                                  'config.eval_batch_size')
-  _check_crop_size(config)
+  check_crop_size(config)
   splits = _process_splits(split)
   local_split = splits[jax.process_index()]
   largest = max(num_examples(builder, s) for s in splits)
@@ -209,14 +226,14 @@ def as_numpy(ds: tf.data.Dataset) -> Iterator[dict[str, np.ndarray]]:
 def _local_batch_size(global_batch_size: int, field: str) -> int:
   count = jax.process_count()
   if global_batch_size % count:
-    raise ValueError(f'{field}={global_batch_size} must be divisible by the '
-                     f'number of processes, {count}.')
+    raise UserError(f'{field}={global_batch_size} must be divisible by the '
+                    f'number of processes, {count}.')
   return global_batch_size // count
 
 
-def _check_crop_size(config: ml_collections.ConfigDict) -> None:
+def check_crop_size(config: ml_collections.ConfigDict) -> None:
   if config.resize_size < config.image_size:
-    raise ValueError(
+    raise UserError(
         f'config.resize_size={config.resize_size} must be at least '
         f'config.image_size={config.image_size}: images are cropped to '
         'image_size after their shorter side is resized to resize_size.')
@@ -227,33 +244,86 @@ def _process_splits(split: str) -> list[tfds.typing.SplitArg]:
   return tfds.even_splits(split, n=jax.process_count())
 
 
+def _read_split(builder: tfds.core.DatasetBuilder,
+                split: tfds.typing.SplitArg) -> tf.data.Dataset:
+  """The examples of `split` in their stored order, images still encoded."""
+  # Our own caches come after decoding, so TFDS's (of encoded images) is off.
+  return builder.as_dataset(split=split, shuffle_files=False,
+                            decoders={'image': tfds.decode.SkipDecoding()},
+                            read_config=tfds.ReadConfig(try_autocache=False))
+
+
+def _decode(config: ml_collections.ConfigDict,
+            example: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+  """{'image': encoded, 'label', ['bbox']} -> {'image': uint8 [H, W, 3], 'label': int32 []}.
+
+  min(H, W) == config.resize_size; with config.crop_to_bbox the image is first
+  cropped to its object's bounding box.
+  """
+  image = decode_rgb(example['image'])
+  if config.crop_to_bbox:
+    image = crop_to_box(image, example['bbox'])
+  return {'image': resize_shorter_side(image, config.resize_size),
+          'label': tf.cast(example['label'], tf.int32)}
+
+
 def _decoded_examples(config: ml_collections.ConfigDict,
                       builder: tfds.core.DatasetBuilder,
                       split: tfds.typing.SplitArg) -> tf.data.Dataset:
-  """Decoded examples of `split`, in a fixed order, cached if config.cache.
+  """Decoded examples of `split` (see `_decode`), in a fixed order, cached if config.cache.
 
-  Resizing (and, with config.crop_to_bbox, cropping to the object's bounding
-  box) is deterministic, so it happens before the cache, which then holds
-  small uint8 images.
+  Resizing (and cropping to the bounding box) is deterministic, so it happens
+  before the cache, which then holds small uint8 images.
+  """
+  ds = _read_split(builder, split).map(lambda ex: _decode(config, ex),
+                                       num_parallel_calls=tf.data.AUTOTUNE)
+  return ds.cache() if config.cache else ds
+
+
+# Exact resume needs random access: training looks its examples up by index
+# (`create_train_dataset`). The train split is therefore held in host memory,
+# read once at start, one record per example: the encoded image, or with
+# config.cache the decoded, resized one. We chose this over TFDS's
+# array_record data sources (`tfds.data_sources`) because it works on every
+# prepared dataset, TFDS's default tfrecord format included, without preparing
+# it again, and keeps the tf.data decoding the evaluation uses. Its cost is the
+# split's encoded size in the host memory of every process (about 1.1 GB for
+# CUB, 2 GB for Stanford Cars, 2.7 GB for FGVC-Aircraft; config.cache holds the
+# decoded images instead, as before). A dataset larger than host memory would
+# need `tfds.data_sources` over array_record files.
+def _random_access_examples(config: ml_collections.ConfigDict,
+                            builder: tfds.core.DatasetBuilder, split: str):
+  """Every example of `split`, in memory, and a function that loads one by index.
 
   Returns:
-    Examples {'image': uint8 [H, W, 3] with min(H, W) == config.resize_size,
-    'label': int32 []}.
+    (number of examples N, load: int64 index in [0, N) -> (uint8 [H, W, 3]
+    image as `_decode` gives it, int32 label)).
   """
-  # Our own cache comes after decoding, so TFDS's (of encoded images) is off.
-  ds = builder.as_dataset(split=split, shuffle_files=False,
-                          decoders={'image': tfds.decode.SkipDecoding()},
-                          read_config=tfds.ReadConfig(try_autocache=False))
+  if config.cache:
+    def decode_to_record(example):
+      decoded = _decode(config, example)
+      return {'image': tf.io.serialize_tensor(decoded['image']), 'label': decoded['label']}
+    ds = _read_split(builder, split).map(decode_to_record,
+                                         num_parallel_calls=tf.data.AUTOTUNE)
+  else:
+    keys = ('image', 'label', 'bbox') if config.crop_to_bbox else ('image', 'label')
+    ds = _read_split(builder, split).map(lambda ex: {k: ex[k] for k in keys})
+  columns = {}
+  for batch in tfds.as_numpy(ds.batch(1024).prefetch(1)):
+    for key, values in batch.items():
+      columns.setdefault(key, []).append(values)
+  store = {key: tf.constant(np.concatenate(values)) for key, values in columns.items()}
 
-  def decode(example: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
-    image = decode_rgb(example['image'])
-    if config.crop_to_bbox:
-      image = crop_to_box(image, example['bbox'])
-    return {'image': resize_shorter_side(image, config.resize_size),
-            'label': tf.cast(example['label'], tf.int32)}
+  def load(index: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    example = {key: tf.gather(column, index) for key, column in store.items()}
+    if config.cache:
+      image = tf.ensure_shape(tf.io.parse_tensor(example['image'], tf.uint8),
+                              [None, None, 3])
+      return image, example['label']
+    decoded = _decode(config, example)
+    return decoded['image'], decoded['label']
 
-  ds = ds.map(decode, num_parallel_calls=tf.data.AUTOTUNE)
-  return ds.cache() if config.cache else ds
+  return int(store['label'].shape[0]), load
 
 
 def decode_and_resize(encoded: tf.Tensor, size: int) -> tf.Tensor:
@@ -294,10 +364,10 @@ def read_image(path: str) -> np.ndarray:
   try:
     return decode_rgb(tf.io.read_file(path)).numpy()
   except tf.errors.NotFoundError as e:
-    raise FileNotFoundError(f'{path}: no such file.') from e
+    raise MissingFileError(f'{path}: no such file.') from e
   except tf.errors.InvalidArgumentError as e:
-    raise ValueError(f'{path} is not an image that can be decoded (JPEG, PNG, GIF '
-                     'or BMP).') from e
+    raise UserError(f'{path} is not an image that can be decoded (JPEG, PNG, GIF '
+                    'or BMP).') from e
 
 
 def resize_shorter_side(image: tf.Tensor, size: int) -> tf.Tensor:
@@ -323,7 +393,7 @@ def preprocess_for_eval(image: tf.Tensor | np.ndarray,
   S = config.image_size square is normalised: the same operations as
   `create_eval_dataset`, for images that do not come from a dataset.
   """
-  _check_crop_size(config)
+  check_crop_size(config)
   return eval_crop(resize_shorter_side(image, config.resize_size),
                    config.image_size)
 

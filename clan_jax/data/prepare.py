@@ -19,6 +19,8 @@ from clan_jax.data import builder_utils
 from clan_jax.data import cub
 from clan_jax.data import fgvc_aircraft
 from clan_jax.data import stanford_cars
+from clan_jax import user_errors
+from clan_jax.user_errors import MissingFileError
 
 BUILDERS = {
     'cub': cub.Cub2002011,
@@ -45,9 +47,12 @@ def prepare(dataset: str, manual_dir: str, data_dir: str | None = None,
   # The shell leaves a tilde after '--flag=' as it is.
   if data_dir is not None:
     data_dir = os.path.expanduser(data_dir)
+  manual_dir = os.path.expanduser(manual_dir)
+  if not os.path.isdir(manual_dir):
+    raise MissingFileError(f'--manual_dir={manual_dir}: no such directory.')
   builder = BUILDERS[dataset](data_dir=data_dir, config=config)
   builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
-      manual_dir=os.path.expanduser(manual_dir)))
+      manual_dir=manual_dir))
   return builder
 
 
@@ -79,4 +84,4 @@ def main(argv: Sequence[str]) -> None:
 
 
 if __name__ == '__main__':
-  app.run(main)
+  user_errors.run(main)

@@ -25,6 +25,7 @@ import scipy.io
 import tensorflow_datasets as tfds
 
 from clan_jax.data import builder_utils
+from clan_jax.user_errors import MissingFileError, UserError
 
 _TEST_LABELS = 'cars_test_annos_withlabels.mat'
 _ALL_IN_ONE = 'cars_annos.mat'
@@ -76,7 +77,7 @@ The original site (ai.stanford.edu/~jkrause/cars) is offline; copies circulate
     for annotations, listed_in in splits.values():
       for annotation in annotations:
         if not 0 <= annotation.label < num_classes:
-          raise ValueError(
+          raise UserError(
               f'{listed_in}: image {annotation.id} has class '
               f'{annotation.label + 1}, but {names_file} names '
               f'{num_classes} classes. The files are from different copies.')
@@ -134,7 +135,7 @@ The original site (ai.stanford.edu/~jkrause/cars) is offline; copies circulate
       all_in_one = (f'{_ALL_IN_ONE} is there but car_ims/ (or car_ims.tgz) is '
                     'not' if (manual_dir / _ALL_IN_ONE).exists() else
                     f'{_ALL_IN_ONE} and car_ims/ are not there either')
-      raise FileNotFoundError(
+      raise MissingFileError(
           f'Stanford Cars is incomplete in {manual_dir}: the devkit layout '
           f'lacks {", ".join(missing)}; {all_in_one}.\n'
           f'{self.MANUAL_DOWNLOAD_INSTRUCTIONS}')
@@ -163,19 +164,19 @@ The original site (ai.stanford.edu/~jkrause/cars) is offline; copies circulate
 def _load_mat(path: epath.Path, variables: Sequence[str]) -> dict:
   """The variables of a MATLAB file; errors name the file and the fix."""
   if not path.exists():
-    raise FileNotFoundError(
+    raise MissingFileError(
         f'Metadata file {path} is missing. '
         f'{StanfordCars.MANUAL_DOWNLOAD_INSTRUCTIONS}')
   try:
     with path.open('rb') as f:
       mat = scipy.io.loadmat(f)
   except (ValueError, TypeError, OSError) as e:
-    raise ValueError(f'{path} is not a readable MATLAB file ({e}). It is '
-                     'damaged: get it again.') from e
+    raise UserError(f'{path} is not a readable MATLAB file ({e}). It is '
+                    'damaged: get it again.') from e
   absent = [name for name in variables if name not in mat]
   if absent:
-    raise ValueError(f'{path} lacks the variable(s) {absent}: it is not the '
-                     'file of that name from the Stanford Cars devkit.')
+    raise UserError(f'{path} lacks the variable(s) {absent}: it is not the '
+                    'file of that name from the Stanford Cars devkit.')
   return mat
 
 
@@ -187,8 +188,8 @@ def _records(path: epath.Path, annotations: np.ndarray,
   if absent:
     hint = (f' It is probably cars_test_annos.mat, which has no labels: '
             f'use {_TEST_LABELS}.' if 'class' in absent else '')
-    raise ValueError(f'{path}: the annotations lack the field(s) {absent}.'
-                     f'{hint}')
+    raise UserError(f'{path}: the annotations lack the field(s) {absent}.'
+                    f'{hint}')
   return annotations.ravel()
 
 

@@ -30,6 +30,8 @@ from typing import NamedTuple
 import numpy as np
 import tensorflow_datasets as tfds
 
+from clan_jax.user_errors import UserError
+
 
 class Species(NamedTuple):
   """The local details that tell one class from another.
@@ -96,16 +98,16 @@ class SyntheticConfig(tfds.core.BuilderConfig):
 
   def __post_init__(self):
     if not 2 <= self.num_classes <= MAX_CLASSES:
-      raise ValueError(
+      raise UserError(
           f'config.synthetic.num_classes={self.num_classes} must be in '
           f'[2, {MAX_CLASSES}]: the synthetic dataset has {MAX_CLASSES} '
           'species.')
     for field in ('train_per_class', 'test_per_class'):
       if getattr(self, field) < 1:
-        raise ValueError(f'config.synthetic.{field}={getattr(self, field)} '
-                         'must be at least 1.')
+        raise UserError(f'config.synthetic.{field}={getattr(self, field)} '
+                        'must be at least 1.')
     if self.image_size < 32:
-      raise ValueError(
+      raise UserError(
           f'config.synthetic.image_size={self.image_size} must be at least 32 '
           'so that the local details stay several pixels across.')
     self.name = (f'c{self.num_classes}_train{self.train_per_class}'

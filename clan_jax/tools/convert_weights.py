@@ -8,7 +8,7 @@ torch.load(weights_only=True). See clan_jax/pretrained.py for the mapping.
 """
 from absl import app, flags
 
-from clan_jax import pretrained
+from clan_jax import pretrained, user_errors
 
 flags.DEFINE_string('src', None, 'A torchvision / timm ResNet state dict: .safetensors or .pth.')
 flags.DEFINE_string('out', None, 'The .npz to write.')
@@ -29,4 +29,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  user_errors.run(main)

@@ -17,9 +17,14 @@ COMBINED = 'combined'
 
 
 def train_metrics_collection(branches: Sequence[str]) -> type[metrics.Collection]:
-  """Train metrics: the loss, each branch's loss, the combined top-1 and the lr."""
+  """Train metrics: the loss, each branch's loss, the combined top-1 and the lr.
+
+  'nonfinite' is the fraction of steps whose loss or gradient norm was not
+  finite, and whose update was therefore dropped (see `train_step`).
+  """
   return metrics.Collection.create(
       loss=metrics.Average.from_output('loss'),
+      nonfinite=metrics.Average.from_output('nonfinite'),
       accuracy=metrics.Average.from_output('accuracy'),
       learning_rate=metrics.LastValue.from_output('learning_rate'),
       **{f'loss_{b}': metrics.Average.from_output(f'loss_{b}') for b in branches})
@@ -47,7 +52,14 @@ def train_step(state: TrainState, batch: Mapping[str, jax.Array], *,
                branch_weights: Mapping[str, float], label_smoothing: float,
                learning_rate_fn: optax.Schedule, grad_accum_steps: int,
                metrics_cls: type[metrics.Collection]):
-  """One optimisation step on a global batch {'image': [B, H, W, 3], 'label': [B]}."""
+  """One optimisation step on a global batch {'image': [B, H, W, 3], 'label': [B]}.
+
+  A step whose loss or gradient norm is not finite changes nothing but the
+  step count: its update and BatchNorm statistics are dropped, so the state
+  never holds a NaN or inf, and its metrics have nonfinite = 1. Whether the
+  run then stops or goes on is the training loop's choice
+  (config.on_nonfinite).
+  """
   def loss_fn(params):
     outputs, updates = state.apply_fn(
         {'params': params, 'batch_stats': state.batch_stats}, batch['image'],
@@ -59,9 +71,13 @@ def train_step(state: TrainState, batch: Mapping[str, jax.Array], *,
 
   (loss, (combined, batch_stats, branch_losses)), grads = jax.value_and_grad(
       loss_fn, has_aux=True)(state.params)
-  new_state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
+  finite = jnp.isfinite(loss) & jnp.isfinite(optax.global_norm(grads))
+  updated = state.apply_gradients(grads=grads, batch_stats=batch_stats)
+  new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old),
+                           updated, state.replace(step=updated.step))
   step_metrics = metrics_cls.single_from_model_output(
       loss=loss,
+      nonfinite=1.0 - finite.astype(jnp.float32),
       accuracy=topk_correct(combined, batch['label'], 1),
       learning_rate=learning_rate_fn(state.step // grad_accum_steps),
       **{f'loss_{b}': v for b, v in branch_losses.items()})

@@ -9,30 +9,14 @@ from clu import metric_writers, periodic_actions
 import jax
 from jax.experimental import multihost_utils
 import ml_collections
-import numpy as np
+import tensorflow as tf
 
-from clan_jax import checkpointing, models, pretrained, sharding, trained_model
+from clan_jax import (checkpointing, config_validation, models, pretrained, sharding,
+                      trained_model, workdir_lock)
 from clan_jax.data import input_pipeline
-from clan_jax.training import optimizer, steps
+from clan_jax.training import interrupts, optimizer, steps
 from clan_jax.training.train_state import TrainState, create_train_state
-
-
-def validate_config(config: ml_collections.ConfigDict) -> None:
-  """Raises a ValueError naming the first bad field, before any data or compile work."""
-  models.validate_model_config(config.model)
-  branches = models.branch_names(config.model.mid_level_taps, config.model.use_clca,
-                                 config.model.use_clsa)
-  unknown = sorted(set(config.branch_weights) - set(branches))
-  if unknown:
-    raise ValueError(f'config.branch_weights has {unknown}, which are not branches of '
-                     f'this model; its branches are {list(branches)}.')
-  if config.num_train_steps <= 0 and config.num_epochs <= 0:
-    raise ValueError('Set config.num_train_steps or config.num_epochs to a positive value.')
-  if config.grad_accum_steps < 1:
-    raise ValueError(f'config.grad_accum_steps={config.grad_accum_steps} must be >= 1.')
-  for field in ('log_every_steps', 'checkpoint_every_steps', 'keep_checkpoints'):
-    if config[field] < 1:
-      raise ValueError(f'config.{field}={config[field]} must be >= 1.')
+from clan_jax.user_errors import UserError
 
 
 def evaluate(eval_step: Callable, state: TrainState, batches, metrics_cls
@@ -72,33 +56,103 @@ def _format(results: dict[str, Any], keys: list[str]) -> str:
   return ', '.join(f'{k}={results[k]:.4f}' for k in keys)
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
+class NonFiniteError(UserError):
+  """A step's loss or gradient norm was not finite and config.on_nonfinite='stop'."""
+
+
+class _NonFiniteGuard:
+  """Reads each step's `nonfinite` metric one step late, so as not to stall the device.
+
+  The train step itself keeps a non-finite update out of the state; this
+  decides whether the run stops (config.on_nonfinite='stop') or goes on with
+  a warning ('skip', at most config.max_consecutive_skips in a row).
+  """
+
+  def __init__(self, config: ml_collections.ConfigDict, checkpointer: checkpointing.Checkpointer):
+    self._stop = config.on_nonfinite == 'stop'
+    self._max_skips = config.max_consecutive_skips
+    self._checkpointer = checkpointer
+    self._pending = []
+    self._consecutive = 0
+
+  def add(self, step: int, step_metrics) -> None:
+    self._pending.append((step, step_metrics))
+
+  def check(self, *, all_steps: bool = False) -> None:
+    """Checks the steps added so far, but the last unless `all_steps`."""
+    keep = 0 if all_steps else 1
+    while len(self._pending) > keep:
+      step, step_metrics = self._pending.pop(0)
+      if not float(step_metrics.nonfinite.total):
+        self._consecutive = 0
+        continue
+      self._consecutive += 1
+      loss = float(step_metrics.loss.compute())
+      what = f'step {step}: the loss ({loss}) or the gradient norm is not finite'
+      if self._stop or self._consecutive > self._max_skips:
+        self._checkpointer.wait_until_finished()
+        last = self._checkpointer.latest_step()
+        kept = (f'the last checkpoint, step {last}, is intact' if last is not None
+                else 'no checkpoint was saved')
+        reason = ("config.on_nonfinite='stop'" if self._stop else
+                  f'{self._consecutive} such steps in a row, more than '
+                  f'config.max_consecutive_skips={self._max_skips}')
+        raise NonFiniteError(
+            f'{what}: training stopped ({reason}). Nothing of this step was saved and '
+            f'{kept}. Lower config.learning_rate or set config.grad_clip_norm'
+            + (", or set config.on_nonfinite='skip' to skip such steps." if self._stop
+               else '.'))
+      logging.warning('%s: its update was skipped (config.on_nonfinite=\'skip\').', what)
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Trains (or resumes training) in `workdir`, then evaluates on config.eval_split.
 
   Checkpoints go to `workdir/checkpoints`, TensorBoard event files to `workdir`,
   and the config and class names to `workdir/config.json`, `classes.json`.
+  The config is checked before anything else (`config_validation`), and the
+  workdir is held for the run (`workdir_lock`).
+
+  Resuming restores the newest readable checkpoint (`Checkpointer.
+  restore_newest_readable`); the input pipeline restarts at its step, so the
+  run ends where an uninterrupted one would, bit for bit on the same devices.
+  SIGTERM, Ctrl-C or a preemption notice save a checkpoint of the current step
+  and end the run early (see 'stopped' below).
 
   Returns:
     The final eval metrics (last step, config.eval_split). With
     config.validation_percent, also 'best_validation_step',
     'best_validation_top1_combined' and 'test_top1_combined_at_best_validation'
-    over the evaluations of this run.
+    over the evaluations of this run. A run stopped early returns
+    {'stopped': a one-line message, 'step': the step saved} instead.
+
+  Raises:
+    UserError: a bad config, a workdir held by another run or trained with
+      another model, an unreadable checkpoint that may not be skipped, or
+      (NonFiniteError) a non-finite step that stops the run.
   """
-  validate_config(config)
+  config_validation.validate(config)
   mesh = sharding.create_mesh(config.mesh)
   sharding.check_batch_size(config.batch_size, mesh, 'batch_size')
   sharding.check_batch_size(config.eval_batch_size, mesh, 'eval_batch_size')
-  if config.batch_size % config.grad_accum_steps:
-    raise ValueError(f'config.batch_size={config.batch_size} is not divisible by '
-                     f'config.grad_accum_steps={config.grad_accum_steps}.')
+  with workdir_lock.hold(workdir):
+    return _train_and_evaluate(config, workdir, mesh)
 
+
+def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
+                        mesh: jax.sharding.Mesh) -> dict[str, Any]:
+  checkpoint_dir = os.path.join(workdir, trained_model.CHECKPOINT_DIR)
+  if tf.io.gfile.exists(checkpoint_dir):
+    # Before the data and the model, which a mismatch would waste.
+    trained_model.check_same_model(workdir, config)
   builder = _dataset_builder(config)
   num_classes = input_pipeline.num_classes(builder)
   train_split, validation_split = input_pipeline.split_names(config)
   steps_per_epoch = input_pipeline.num_examples(builder, train_split) // config.batch_size
   if steps_per_epoch < 1:
-    raise ValueError(f'config.batch_size={config.batch_size} is larger than the '
-                     f"'{train_split}' split of {config.dataset}.")
+    raise UserError(f'config.batch_size={config.batch_size} is larger than the '
+                    f"{input_pipeline.num_examples(builder, train_split)} examples of the "
+                    f"'{train_split}' split of {config.dataset}.")
   total_steps = _total_steps(config, steps_per_epoch)
   eval_every = max(1, int(config.eval_every_epochs * steps_per_epoch))
 
@@ -114,12 +168,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   state_sharding = sharding.state_sharding(mesh, state, config.mesh.fsdp_min_size)
 
   checkpointer = checkpointing.Checkpointer(
-      os.path.join(workdir, trained_model.CHECKPOINT_DIR),
-      save_every_steps=config.checkpoint_every_steps,
-      max_to_keep=config.keep_checkpoints)
+      checkpoint_dir, save_every_steps=config.checkpoint_every_steps,
+      max_to_keep=config.keep_checkpoints, writer=True)
   if checkpointer.latest_step() is not None:
-    trained_model.check_same_model(workdir, config)
-    state = checkpointer.restore(state)
+    state = checkpointer.restore_newest_readable(state, fallback=config.checkpoint_fallback)
     logging.info('Resumed from %s at step %d.', workdir, int(state.step))
   start_step = int(state.step)
   trained_model.save_run_info(workdir, config, input_pipeline.class_names(builder))
@@ -147,53 +199,71 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                '%d devices.', config.dataset, num_classes, total_steps,
                config.batch_size, steps_per_epoch, list(branches), mesh.size)
 
-  if start_step < total_steps:
-    # A resumed run draws a fresh, still deterministic, input order.
-    train_ds = input_pipeline.create_train_dataset(
-        config, builder, seed=int(np.random.SeedSequence([config.seed, start_step])
-                                  .generate_state(1)[0]))
-    train_batches = sharding.to_global_batches(
-        input_pipeline.as_numpy(train_ds), sharding.batch_sharding(mesh),
-        config.prefetch_batches)
-    report_progress = periodic_actions.ReportProgress(
-        num_train_steps=total_steps, writer=writer)
-    train_metrics = train_metrics_cls.empty()
-    best_on_validation = {}
-    for step in range(start_step + 1, total_steps + 1):
-      with jax.profiler.StepTraceAnnotation('train', step_num=step):
-        state, step_metrics = train_step(state, next(train_batches))
-      train_metrics = train_metrics.merge(step_metrics)
-      report_progress(step)
-      if step % config.log_every_steps == 0 or step == total_steps:
-        train_results = train_metrics.compute()
-        writer.write_scalars(step, {f'train/{k}': v for k, v in train_results.items()})
-        train_metrics = train_metrics_cls.empty()
-      # The last step always evaluates, so `eval_results` ends as the final one.
-      if step % eval_every == 0 or step == total_steps:
-        with report_progress.timed('eval'):
-          eval_results = run_eval(config.eval_split)
-        writer.write_scalars(step, {f'eval/{k}': v for k, v in eval_results.items()})
-        logging.info('eval at step %d: %s', step,
-                     _format(eval_results, ['top1_combined', 'top5_combined', 'loss']))
-        if validation_split:
-          with report_progress.timed('eval'):
-            validation = run_eval(validation_split)
-          writer.write_scalars(step, {f'validation/{k}': v for k, v in validation.items()})
-          logging.info('validation at step %d: %s', step,
-                       _format(validation, ['top1_combined', 'top5_combined', 'loss']))
-          if validation['top1_combined'] > best_on_validation.get(
-              'best_validation_top1_combined', -1.0):
-            best_on_validation = {
-                'best_validation_step': step,
-                'best_validation_top1_combined': validation['top1_combined'],
-                'test_top1_combined_at_best_validation': eval_results['top1_combined']}
-      checkpointer.save(step, state, force=step == total_steps)
-    checkpointer.wait_until_finished()
-    eval_results.update(best_on_validation)
-  else:
+  if start_step >= total_steps:
     logging.info('Workdir %s already holds the final step %d: evaluating only.',
                  workdir, total_steps)
     eval_results = run_eval(config.eval_split)
-  writer.flush()
-  checkpointer.close()
+    writer.flush()
+    checkpointer.close()
+    return eval_results
+
+  # Global batch k depends on (config.seed, k) alone: a resumed run reads what
+  # an uninterrupted one would have.
+  train_ds = input_pipeline.create_train_dataset(config, builder, start_step=start_step)
+  train_batches = sharding.to_global_batches(
+      input_pipeline.as_numpy(train_ds), sharding.batch_sharding(mesh),
+      config.prefetch_batches)
+  report_progress = periodic_actions.ReportProgress(
+      num_train_steps=total_steps, writer=writer)
+  guard = _NonFiniteGuard(config, checkpointer)
+  train_metrics = train_metrics_cls.empty()
+  best_on_validation = {}
+  try:
+    with interrupts.StopRequests() as stop_requests:
+      for step in range(start_step + 1, total_steps + 1):
+        with jax.profiler.StepTraceAnnotation('train', step_num=step):
+          state, step_metrics = train_step(state, next(train_batches))
+        guard.add(step, step_metrics)
+        guard.check()
+        train_metrics = train_metrics.merge(step_metrics)
+        report_progress(step)
+        if step % config.log_every_steps == 0 or step == total_steps:
+          guard.check(all_steps=True)
+          train_results = train_metrics.compute()
+          writer.write_scalars(step, {f'train/{k}': v for k, v in train_results.items()})
+          train_metrics = train_metrics_cls.empty()
+        # The last step always evaluates, so `eval_results` ends as the final one.
+        if step % eval_every == 0 or step == total_steps:
+          with report_progress.timed('eval'):
+            eval_results = run_eval(config.eval_split)
+          writer.write_scalars(step, {f'eval/{k}': v for k, v in eval_results.items()})
+          logging.info('eval at step %d: %s', step,
+                       _format(eval_results, ['top1_combined', 'top5_combined', 'loss']))
+          if validation_split:
+            with report_progress.timed('eval'):
+              validation = run_eval(validation_split)
+            writer.write_scalars(step, {f'validation/{k}': v for k, v in validation.items()})
+            logging.info('validation at step %d: %s', step,
+                         _format(validation, ['top1_combined', 'top5_combined', 'loss']))
+            if validation['top1_combined'] > best_on_validation.get(
+                'best_validation_top1_combined', -1.0):
+              best_on_validation = {
+                  'best_validation_step': step,
+                  'best_validation_top1_combined': validation['top1_combined'],
+                  'test_top1_combined_at_best_validation': eval_results['top1_combined']}
+        preempted = checkpointer.reached_preemption(step)
+        stop = stop_requests.requested or ('a preemption notice' if preempted else None)
+        if stop or step == total_steps or step % config.checkpoint_every_steps == 0:
+          guard.check(all_steps=True)  # a stopping step is never saved
+          checkpointer.save(step, state, force=bool(stop) or step == total_steps)
+        if stop:
+          checkpointer.wait_until_finished()
+          return {'step': step, 'stopped': (
+              f'Stopped by {stop} at step {step}; its checkpoint is in '
+              f'{checkpointer.directory}. Run the same command to resume.')}
+    checkpointer.wait_until_finished()
+  finally:
+    writer.flush()
+    checkpointer.close()
+  eval_results.update(best_on_validation)
   return eval_results
