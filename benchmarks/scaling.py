@@ -42,6 +42,7 @@ from configs import default
 flags.DEFINE_integer('size', 448, 'Square input resolution.')
 flags.DEFINE_integer('batch', 32, 'Global batch size.')
 flags.DEFINE_string('backbone', 'resnet50', 'torchvision ResNet name.')
+flags.DEFINE_integer('width', 64, 'Backbone stem width (torchvision: 64); smaller for tests.')
 flags.DEFINE_integer('num_classes', 200, 'Classes of every head (CUB: 200).')
 flags.DEFINE_list('dtypes', ['float32', 'bfloat16'], 'Compute dtypes.')
 flags.DEFINE_list('remat', ['none', 'all'], 'config.model.remat values (JAX only).')
@@ -52,6 +53,7 @@ flags.DEFINE_float('peak_tflops', None,
                    'Peak TFLOP/s per device for MFU; default: from the device kind (GPU).')
 FLAGS = flags.FLAGS
 
+SHORT_DTYPES = {'float32': 'fp32', 'bfloat16': 'bf16'}
 # Dense (no sparsity) peak TFLOP/s of the SXM parts: (bf16 tensor core, TF32 tensor core).
 PEAK_TFLOPS = {'H100': (989.4, 494.7), 'H200': (989.4, 494.7), 'A100': (312.0, 156.0)}
 
@@ -76,7 +78,7 @@ def time_torch(dtype: str) -> dict[str, float]:
   cuda = torch.cuda.is_available()
   device = torch.device('cuda' if cuda else 'cpu')
   torch.manual_seed(0)
-  model = torch_clan.CLAN(FLAGS.num_classes, FLAGS.backbone).to(
+  model = torch_clan.CLAN(FLAGS.num_classes, FLAGS.backbone, FLAGS.width).to(
       device, memory_format=torch.channels_last).train()
   optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9,
                               weight_decay=5e-4)
@@ -106,7 +108,7 @@ def time_torch(dtype: str) -> dict[str, float]:
   started = time.perf_counter()
   for _ in range(FLAGS.steps):
     loss = step()
-  float(loss)
+  loss.item()
   sync()
   step_s = (time.perf_counter() - started) / FLAGS.steps
   peak = (torch.cuda.max_memory_allocated() if cuda
@@ -117,7 +119,7 @@ def time_torch(dtype: str) -> dict[str, float]:
 def main(argv):
   del argv
   device = jax.devices()[0]
-  print(f'CLAN {FLAGS.backbone}, {FLAGS.size}x{FLAGS.size}, batch {FLAGS.batch}, '
+  print(f'CLAN {FLAGS.backbone} (width {FLAGS.width}), {FLAGS.size}x{FLAGS.size}, batch {FLAGS.batch}, '
         f'{FLAGS.num_classes} classes, {jax.device_count()} x {device.device_kind}, '
         f'JAX {jax.__version__}; mean of {FLAGS.steps} steps after {FLAGS.warmup} '
         'warm-up steps', flush=True)
@@ -134,8 +136,8 @@ def main(argv):
   for dtype in FLAGS.dtypes:
     for remat in FLAGS.remat:
       model_config = default.get_model_config()
-      model_config.backbone, model_config.dtype, model_config.remat = (
-          FLAGS.backbone, dtype, remat)
+      model_config.backbone, model_config.backbone_width = FLAGS.backbone, FLAGS.width
+      model_config.dtype, model_config.remat = dtype, remat
       t = time_train_step(model_config, image_size=FLAGS.size, batch_size=FLAGS.batch,
                           num_classes=FLAGS.num_classes, warmup=FLAGS.warmup,
                           num_steps=FLAGS.steps)
@@ -147,7 +149,8 @@ def main(argv):
       torch_cells = (f'{FLAGS.batch / r["step_s"]:>11.1f} {r["step_s"] * 1e3:>9.1f} '
                      f'{r["first_s"]:>10.1f} {r["peak_bytes"] / 2**30:>8.2f} | '
                      f'{r["step_s"] / t.step_s:>8.2f}x') if r else ''
-      rows.append(f'{dtype[:4] + (" remat=" + remat if remat != "none" else ""):<16} '
+      name = SHORT_DTYPES.get(dtype, dtype) + (f' remat={remat}' if remat != 'none' else '')
+      rows.append(f'{name:<16} '
                   f'{FLAGS.batch / t.step_s:>8.1f} {t.step_s * 1e3:>9.1f} '
                   f'{t.compile_s:>9.1f} {t.xla_bytes / 2**30:>8.2f} {t.saved_bytes / 2**30:>9.2f} '
                   f'{t.flops / 1e12:>10.3f} {mfu} | {torch_cells}')
@@ -158,4 +161,5 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  jax.config.config_with_absl()  # JAX's options as flags, e.g. --jax_platforms=cpu
   app.run(main)
