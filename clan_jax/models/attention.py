@@ -78,7 +78,8 @@ def spatial_attention(query: jax.Array, key: jax.Array, value: jax.Array, *,
           query[:, :, None], key[:, :, None], value[:, :, None], scale=scale,
           implementation='cudnn')
       return out[:, :, 0]
-    except NotImplementedError as e:  # cuDNN's own finer shape/version checks.
+    # cuDNN's own finer checks, at trace time: shapes, its version, its presence.
+    except (NotImplementedError, RuntimeError) as e:
       logging.warning('cuDNN attention unavailable (%s); using blockwise.', e)
   return blockwise_softmax_attention(query, key, value, scale, block_size)
 
