@@ -3,6 +3,12 @@
   python train.py                                  # demo: synthetic data, CPU, minutes
   python train.py --config=configs/cub.py --workdir=/tmp/cub --config.batch_size=64
 
+Several processes (hosts) as one job, each started with the same flags plus:
+  --distributed                       # Cloud TPU, SLURM, Open MPI: detected
+  --distributed --coordinator_address=HOST0:1234 --num_processes=N --process_id=I
+JAX's own options are flags too, e.g. --jax_cpu_collectives_implementation=gloo
+--jax_num_cpu_devices=4 for a multi-process job of CPU processes.
+
 A mistake in the config, the workdir or a file is printed as one line,
 `error: ...`, with exit status 2. SIGTERM or Ctrl-C save a checkpoint of the
 current step and exit with status 0; running the same command resumes.
@@ -23,8 +29,26 @@ flags.DEFINE_string('workdir', 'workdirs/default',
                     'Directory for checkpoints, TensorBoard logs and config.json. '
                     'Training resumes from the latest checkpoint found here.')
 flags.DEFINE_bool('distributed', False,
-                  'Call jax.distributed.initialize() first, for multi-process runs; '
-                  'TPU pods and SLURM detect the cluster themselves.')
+                  'Call jax.distributed.initialize() first, for multi-process runs. '
+                  'Without the three flags below, JAX detects the cluster (Cloud TPU, '
+                  'SLURM, Open MPI).')
+flags.DEFINE_string('coordinator_address', None,
+                    'host:port of process 0, which every process connects to.')
+flags.DEFINE_integer('num_processes', None, 'Processes in the job.')
+flags.DEFINE_integer('process_id', None, "This process's index, 0 .. num_processes - 1.")
+
+
+def _initialize_distributed() -> None:
+  cluster = {'coordinator_address': FLAGS.coordinator_address,
+             'num_processes': FLAGS.num_processes, 'process_id': FLAGS.process_id}
+  given = {k: v for k, v in cluster.items() if v is not None}
+  if given and len(given) < len(cluster):
+    missing = sorted(set(cluster) - set(given))
+    raise app.UsageError(f'--{" --".join(sorted(given))} also need --{" --".join(missing)}.')
+  if given and not FLAGS.distributed:
+    raise app.UsageError(f'--{" --".join(sorted(given))} need --distributed.')
+  if FLAGS.distributed:
+    jax.distributed.initialize(**given)
 
 
 def _quiet_library_info(record) -> bool:
@@ -38,8 +62,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   logging.get_absl_handler().addFilter(_quiet_library_info)
-  if FLAGS.distributed:
-    jax.distributed.initialize()
+  _initialize_distributed()
   logging.info('JAX %s, process %d/%d, devices: %s', jax.__version__,
                jax.process_index(), jax.process_count(), jax.devices())
   results = trainer.train_and_evaluate(user_errors.config_flag(), FLAGS.workdir)

@@ -11,18 +11,13 @@ temporaries), and the peak memory the device reports (GPU/TPU) or the
 process's peak resident memory so far (CPU, which has no per-device count).
 """
 import os
-import resource
 import sys
-import time
 
 from absl import app, flags
 import jax
-import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from clan_jax import models, sharding  # pylint: disable=g-import-not-at-top
-from clan_jax.training import optimizer, steps
-from clan_jax.training.train_state import create_train_state
+from benchmarks.timing import time_train_step  # pylint: disable=g-import-not-at-top
 from configs import default
 
 flags.DEFINE_string('backbone', 'resnet50', 'torchvision ResNet name.')
@@ -35,53 +30,14 @@ flags.DEFINE_integer('steps', 5, 'Timed steps.')
 FLAGS = flags.FLAGS
 
 
-def _peak_memory_gib() -> tuple[str, float]:
-  stats = jax.devices()[0].memory_stats()
-  if stats and 'peak_bytes_in_use' in stats:
-    return 'device peak', stats['peak_bytes_in_use'] / 2**30
-  # ru_maxrss is in KiB on Linux.
-  return 'process peak RSS', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-
-
 def benchmark(name: str, model_config) -> None:
-  config = default.get_config()
-  config.model = model_config
-  mesh = sharding.create_mesh(config.mesh)
-  model = models.create_model(model_config, FLAGS.num_classes)
-  branches = models.branch_names(model_config.mid_level_taps, model_config.use_clca,
-                                 model_config.use_clsa)
-  tx, lr_fn = optimizer.create_optimizer(config, steps_per_epoch=100, total_steps=10_000)
-  state = create_train_state(model, tx, jax.random.key(0), FLAGS.image_size, mesh)
-  train_step = steps.jit_train_step(
-      mesh, sharding.state_sharding(mesh, state), branch_weights={}, label_smoothing=0.0,
-      learning_rate_fn=lr_fn, grad_accum_steps=1,
-      metrics_cls=steps.train_metrics_collection(branches, state.params))
-  rng = np.random.default_rng(0)
-  batch = jax.device_put(
-      {'image': rng.normal(size=(FLAGS.batch_size, FLAGS.image_size, FLAGS.image_size, 3)
-                           ).astype(np.float32),
-       'label': rng.integers(0, FLAGS.num_classes, FLAGS.batch_size).astype(np.int32)},
-      sharding.batch_sharding(mesh))
-
-  started = time.perf_counter()
-  compiled = train_step.lower(state, batch).compile()
-  compile_s = time.perf_counter() - started
-  analysis = compiled.memory_analysis()
-  xla_gib = ((analysis.argument_size_in_bytes + analysis.temp_size_in_bytes) / 2**30
-             if analysis is not None else float('nan'))
-  for _ in range(FLAGS.warmup):
-    state, metrics = compiled(state, batch)
-  jax.block_until_ready(metrics)
-  started = time.perf_counter()
-  for _ in range(FLAGS.steps):
-    state, metrics = compiled(state, batch)
-  jax.block_until_ready(metrics)
-  step_s = (time.perf_counter() - started) / FLAGS.steps
-  params = sum(x.size for x in jax.tree.leaves(state.params))
-  peak_kind, peak = _peak_memory_gib()
-  print(f'{name:<28} {params / 1e6:7.2f}M  compile {compile_s:6.1f} s  '
-        f'step {step_s * 1000:8.1f} ms  {FLAGS.batch_size / step_s:8.1f} img/s  '
-        f'XLA args+temp {xla_gib:6.2f} GiB  {peak_kind} {peak:6.2f} GiB', flush=True)
+  t = time_train_step(model_config, image_size=FLAGS.image_size,
+                      batch_size=FLAGS.batch_size, num_classes=FLAGS.num_classes,
+                      warmup=FLAGS.warmup, num_steps=FLAGS.steps)
+  print(f'{name:<28} {t.params / 1e6:7.2f}M  compile {t.compile_s:6.1f} s  '
+        f'step {t.step_s * 1000:8.1f} ms  {FLAGS.batch_size / t.step_s:8.1f} img/s  '
+        f'XLA args+temp {t.xla_bytes / 2**30:6.2f} GiB  {t.peak_kind} '
+        f'{t.peak_bytes / 2**30:6.2f} GiB', flush=True)
 
 
 def main(argv):

@@ -17,7 +17,7 @@ from typing import Any
 
 import ml_collections
 
-from clan_jax import models
+from clan_jax import models, sharding
 from clan_jax.data import input_pipeline, synthetic
 from clan_jax.training import optimizer
 from clan_jax.user_errors import UserError
@@ -141,7 +141,10 @@ FIELD_RULES: list[Rule] = [
     choice('on_nonfinite', NONFINITE_ACTIONS),
     integer('max_consecutive_skips', 1),
     # --- Devices ---
+    choice('mesh.strategy', sharding.STRATEGIES),
     integer('mesh.data', 1, also=(-1,)),
+    integer('mesh.fsdp', 1, also=(-1,)),
+    integer('mesh.fsdp_min_size', 0),
     # --- Logging, evaluation, checkpoints ---
     integer('log_every_steps', 1),
     number('eval_every_epochs', 0, low_open=True),

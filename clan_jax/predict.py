@@ -60,7 +60,7 @@ def probabilities(trained: trained_model.TrainedModel,
   config = trained.config
   state = trained.eval_state()
   mesh = trained.mesh
-  devices = mesh.shape[sharding.DATA_AXIS]
+  devices = sharding.num_batch_shards(mesh)
   batch_size = batch_size or config.eval_batch_size
   batch_size = math.ceil(batch_size / devices) * devices
   predict_step = steps.jit_predict_step(mesh, sharding.state_sharding(mesh, state),

@@ -25,7 +25,11 @@ def get_model_config() -> ml_collections.ConfigDict:
   m.clca.inner_ratio = 0.5  # choice: inner width = C_s * inner_ratio
   m.clca.upsample = 'bilinear'  # choice: bilinear | nearest
   m.clca.scaled = False  # choice: False = non-local (no 1/sqrt(d)); True = scaled dot product
-  m.clca.attention_impl = 'fused'  # fused (jax.nn.dot_product_attention) | reference
+  # auto: cuDNN flash attention on GPU for bf16/fp16 where its head-dim limits
+  # allow, else blockwise | blockwise: online-softmax blocks, memory O(N) on
+  # every platform | reference: the full [N, N] matrix (clan_jax/models/attention.py).
+  m.clca.attention_impl = 'auto'
+  m.clca.attention_block_size = 512  # positions per query/key block of blockwise
   m.clca.zero_init = True  # choice: BatchNorm after W_y with scale 0, so CLCA starts as identity
 
   m.clsa = ml_collections.ConfigDict()
@@ -38,7 +42,15 @@ def get_model_config() -> ml_collections.ConfigDict:
 
   m.refined_top_merge = 'concat'  # choice: concat | sum, joins the per-scale CLSA outputs
   m.combine = 'mean_softmax'  # choice: mean_softmax | sum_logits, the final prediction
-  m.dtype = 'float32'  # compute dtype (bfloat16 on accelerators)
+  # Compute dtype (bfloat16 on accelerators); params, BatchNorm statistics,
+  # logits and the loss stay float32.
+  m.dtype = 'float32'
+  # Recompute activations in the backward pass to save memory:
+  # none | stages (each ResNet stage) | clca (each CLCA block) | all.
+  m.remat = 'none'
+  # What a rematerialised module still saves (jax.checkpoint_policies): nothing_saveable |
+  # dots_saveable | dots_with_no_batch_dims_saveable | everything_saveable.
+  m.remat_policy = 'nothing_saveable'
   m.param_dtype = 'float32'
   return m
 
@@ -119,7 +131,13 @@ def get_config() -> ml_collections.ConfigDict:
 
   # --- Devices ---
   config.mesh = ml_collections.ConfigDict()
-  config.mesh.data = -1  # devices on the data axis; -1 = all
+  # data: pure data parallel, the state replicated | fsdp: params and optimizer
+  # state sharded over the fsdp axis (clan_jax/sharding.py). The batch is split
+  # over data x fsdp devices.
+  config.mesh.strategy = 'data'
+  config.mesh.data = -1  # devices on the data axis; -1 = all (the rest under fsdp)
+  config.mesh.fsdp = -1  # devices on the fsdp axis (strategy fsdp); -1 = the rest
+  config.mesh.fsdp_min_size = 2**16  # arrays with fewer elements stay replicated
 
   # --- Logging, evaluation, checkpoints ---
   config.log_every_steps = 50

@@ -1,4 +1,6 @@
 """Shapes, equations and switches of the ResNet backbone, CLCA, CLSA and CLAN."""
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -83,7 +85,7 @@ def _clca_by_the_figure(params, stats, mid, top, normalization, eps=1e-5):
 
 
 @pytest.mark.parametrize('normalization', ['softmax', 'mean'])
-@pytest.mark.parametrize('impl', ['fused', 'reference'])
+@pytest.mark.parametrize('impl', ['auto', 'blockwise', 'reference'])
 def test_clca_equals_the_figure(normalization, impl):
   mid, top = _clca_inputs(jax.random.key(0))
   clca = models.CLCA(normalization=normalization, attention_impl=impl)
@@ -101,12 +103,50 @@ def test_clca_equals_the_figure(normalization, impl):
 
 @pytest.mark.parametrize('normalization', ['softmax', 'mean'])
 @pytest.mark.parametrize('scaled', [False, True])
-def test_fused_and_reference_attention_agree(normalization, scaled):
-  q, k, v = jax.random.normal(jax.random.key(0), (3, 2, 49, 16))
-  run = lambda impl: attention.spatial_attention(
-      q, k, v, normalization=normalization, scaled=scaled, implementation=impl)
+def test_blockwise_attention_equals_the_reference_in_values_and_gradients(
+    normalization, scaled):
+  # 70 positions in blocks of at most 16: five blocks of 16, the last one padded.
+  q, k, v = 2 * jax.random.normal(jax.random.key(0), (3, 2, 70, 12))
+  cotangent = jax.random.normal(jax.random.key(1), (2, 70, 12))
+
+  def loss(impl, q, k, v):
+    out = attention.spatial_attention(q, k, v, normalization=normalization,
+                                      scaled=scaled, implementation=impl, block_size=16)
+    return jnp.sum(out * cotangent)
+
   with jax.default_matmul_precision('highest'):
-    np.testing.assert_allclose(run('fused'), run('reference'), rtol=1e-5, atol=1e-5)
+    results = {impl: jax.value_and_grad(functools.partial(loss, impl), argnums=(0, 1, 2))(
+        q, k, v) for impl in ('blockwise', 'auto', 'reference')}
+  for impl in ('blockwise', 'auto'):
+    np.testing.assert_allclose(results[impl][0], results['reference'][0], rtol=1e-5)
+    for grad, expected in zip(results[impl][1], results['reference'][1]):
+      np.testing.assert_allclose(grad, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_blockwise_attention_in_bfloat16_stays_close_to_float32():
+  q, k, v = jax.random.normal(jax.random.key(0), (3, 2, 50, 8))
+  run = lambda impl, dtype: attention.spatial_attention(
+      q.astype(dtype), k.astype(dtype), v.astype(dtype), implementation=impl,
+      block_size=16)
+  out = run('blockwise', jnp.bfloat16)
+  assert out.dtype == jnp.bfloat16
+  np.testing.assert_allclose(out.astype(jnp.float32), run('reference', jnp.float32),
+                             atol=0.05)
+
+
+def test_blockwise_attention_never_builds_the_n_by_n_matrix():
+  """Compiled forward+backward temporaries: reference grows as N^2, blockwise as N."""
+  def temp_bytes(impl, n):
+    q = jax.ShapeDtypeStruct((1, n, 32), jnp.float32)
+    grad = jax.jit(jax.grad(lambda q: jnp.sum(attention.spatial_attention(
+        q, q, q, implementation=impl, block_size=128))))
+    return grad.lower(q).compile().memory_analysis().temp_size_in_bytes
+
+  n_by_n = 2048 * 2048 * 4
+  assert temp_bytes('reference', 2048) > n_by_n
+  assert temp_bytes('blockwise', 2048) < n_by_n / 8
+  # Doubling N doubles (not quadruples) the blockwise temporaries, give or take.
+  assert temp_bytes('blockwise', 4096) < 3 * temp_bytes('blockwise', 2048)
 
 
 def test_clca_starts_as_identity():

@@ -2,7 +2,7 @@
 import jax.numpy as jnp
 import ml_collections
 
-from clan_jax.models import attention, clsa
+from clan_jax.models import attention, clsa, remat
 from clan_jax.models.clan import CLAN, COMBINE_MODES, MERGE_MODES, MID_LEVEL_STAGES, branch_names
 from clan_jax.models.clca import CLCA
 from clan_jax.models.clsa import CLSA
@@ -28,6 +28,9 @@ def validate_model_config(model_config: ml_collections.ConfigDict) -> None:
   _choice(m.clca.normalization, attention.NORMALIZATIONS, 'clca.normalization')
   _choice(m.clca.attention_impl, attention.IMPLEMENTATIONS, 'clca.attention_impl')
   _choice(m.clca.upsample, ('bilinear', 'nearest'), 'clca.upsample')
+  if m.clca.attention_block_size < 8:
+    raise ValueError(f'config.model.clca.attention_block_size='
+                     f'{m.clca.attention_block_size} must be >= 8.')
   if not 0 < m.clca.inner_ratio <= 1:
     raise ValueError(f'config.model.clca.inner_ratio={m.clca.inner_ratio} must be in (0, 1].')
   _choice(m.clsa.downsample, clsa.DOWNSAMPLE_MODES, 'clsa.downsample')
@@ -36,6 +39,8 @@ def validate_model_config(model_config: ml_collections.ConfigDict) -> None:
     raise ValueError(f'config.model.clsa.kernel_size={m.clsa.kernel_size} must be odd.')
   _choice(m.refined_top_merge, MERGE_MODES, 'refined_top_merge')
   _choice(m.combine, COMBINE_MODES, 'combine')
+  _choice(m.remat, remat.MODES, 'remat')
+  _choice(m.remat_policy, remat.POLICIES, 'remat_policy')
   for field in ('dtype', 'param_dtype'):
     _choice(m[field], ('float32', 'bfloat16', 'float16'), field)
 
@@ -56,6 +61,8 @@ def create_model(model_config: ml_collections.ConfigDict, num_classes: int) -> C
       clsa_options=dict(m.clsa),
       refined_top_merge=m.refined_top_merge,
       combine=m.combine,
+      remat=m.remat,
+      remat_policy=m.remat_policy,
       dtype=jnp.dtype(m.dtype),
       param_dtype=jnp.dtype(m.param_dtype),
   )

@@ -6,6 +6,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from clan_jax.models import remat
 from clan_jax.models.clca import CLCA
 from clan_jax.models.clsa import CLSA
 from clan_jax.models.resnet import create_resnet
@@ -60,6 +61,8 @@ class CLAN(nn.Module):
       channels (choice) or 'sum'.
     combine: the final prediction, 'mean_softmax' over branches (choice) or
       'sum_logits'.
+    remat, remat_policy: which modules recompute their activations in the
+      backward pass, and what they still save (clan_jax/models/remat.py).
   """
 
   num_classes: int
@@ -73,6 +76,8 @@ class CLAN(nn.Module):
   clsa_options: Mapping[str, Any] = nn.FrozenDict()
   refined_top_merge: str = 'concat'
   combine: str = 'mean_softmax'
+  remat: str = 'none'
+  remat_policy: str = 'nothing_saveable'
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
@@ -87,13 +92,16 @@ class CLAN(nn.Module):
     """
     features = create_resnet(
         self.backbone, width=self.backbone_width,
-        zero_init_residual=self.zero_init_residual, dtype=self.dtype,
-        param_dtype=self.param_dtype, name='backbone')(images, train)
+        zero_init_residual=self.zero_init_residual,
+        remat_policy=self.remat_policy if remat.remats_stages(self.remat) else None,
+        dtype=self.dtype, param_dtype=self.param_dtype, name='backbone')(images, train)
     top = features['layer4']
     mids = {tap: features[tap] for tap in self.mid_level_taps}
     branches = {}
     if self.use_clca:
-      mids = {tap: CLCA(**self.clca_options, dtype=self.dtype,
+      clca_cls = (remat.wrap(CLCA, self.remat_policy, static_argnums=(3,))
+                  if remat.remats_clca(self.remat) else CLCA)
+      mids = {tap: clca_cls(**self.clca_options, dtype=self.dtype,
                         param_dtype=self.param_dtype, name=f'clca_{tap}')(
                             mid, top, train)
               for tap, mid in mids.items()}

@@ -6,7 +6,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from clan_jax.models.attention import spatial_attention
+from clan_jax.models import attention
 
 Dtype = Any
 
@@ -26,7 +26,9 @@ class CLCA(nn.Module):
     normalization: 'softmax' over keys or 'mean' (choice: softmax).
     scaled: 1/sqrt(d) on the logits (choice: no, as non-local blocks).
     upsample: 'bilinear' or 'nearest' for Up (choice: bilinear).
-    attention_impl: 'fused' or 'reference', see `spatial_attention`.
+    attention_impl: 'auto', 'blockwise' or 'reference', see
+      clan_jax/models/attention.py for what each does on each platform.
+    attention_block_size: most positions per block of the blockwise path.
     zero_init: start the BatchNorm after W_y with scale 0, so that the block
       is the identity at initialisation and does not disturb a pretrained
       backbone (choice: yes).
@@ -36,7 +38,8 @@ class CLCA(nn.Module):
   normalization: str = 'softmax'
   scaled: bool = False
   upsample: str = 'bilinear'
-  attention_impl: str = 'fused'
+  attention_impl: str = 'auto'
+  attention_block_size: int = attention.DEFAULT_BLOCK_SIZE
   zero_init: bool = True
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
@@ -63,8 +66,9 @@ class CLCA(nn.Module):
     theta = theta.reshape(batch, height * width, inner)
     phi = phi.reshape(batch, height * width, inner)
     value = conv1x1(name='w_k')(mid).reshape(batch, height * width, inner)
-    y = spatial_attention(theta, phi, value, normalization=self.normalization,
-                          scaled=self.scaled, implementation=self.attention_impl)
+    y = attention.spatial_attention(
+        theta, phi, value, normalization=self.normalization, scaled=self.scaled,
+        implementation=self.attention_impl, block_size=self.attention_block_size)
     y = nn.Conv(channels, (1, 1), dtype=self.dtype, param_dtype=self.param_dtype,
                 name='w_y')(y.reshape(batch, height, width, inner))
     y = nn.BatchNorm(

@@ -13,6 +13,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from clan_jax.models import remat
+
 Dtype = Any
 
 STAGE_NAMES = ('layer1', 'layer2', 'layer3', 'layer4')
@@ -123,6 +125,8 @@ class ResNet(nn.Module):
       torchvision); stage i has width * 2**i.
     num_classes: if set, also returns the logits of torchvision's `fc` head
       (used to check parity with torchvision); CLAN uses its own heads.
+    remat_policy: a `jax.checkpoint_policies` name to rematerialise each stage
+      with (clan_jax/models/remat.py); None: no rematerialisation.
   """
 
   stage_sizes: Sequence[int]
@@ -130,6 +134,7 @@ class ResNet(nn.Module):
   width: int = 64
   zero_init_residual: bool = False
   num_classes: int | None = None
+  remat_policy: str | None = None
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
@@ -152,8 +157,10 @@ class ResNet(nn.Module):
     x = nn.relu(x)
     x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
     features = {'stem': x}
+    stage_cls = (ResNetStage if self.remat_policy is None
+                 else remat.wrap(ResNetStage, self.remat_policy, static_argnums=(2,)))
     for i, (stage_name, num_blocks) in enumerate(zip(STAGE_NAMES, self.stage_sizes)):
-      x = ResNetStage(
+      x = stage_cls(
           self.block_cls, num_blocks, features=self.width * 2**i,
           strides=1 if i == 0 else 2,
           zero_init_residual=self.zero_init_residual, dtype=self.dtype,

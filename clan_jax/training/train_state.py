@@ -25,8 +25,9 @@ def _init_fn(model: nn.Module, tx: optax.GradientTransformation, image_size: int
 
 
 def abstract_train_state(model: nn.Module, tx: optax.GradientTransformation,
-                         image_size: int, mesh: Mesh) -> TrainState:
-  """Shapes, dtypes and shardings of the train state, computing nothing.
+                         image_size: int, mesh: Mesh,
+                         fsdp_min_size: int = sharding.FSDP_MIN_SIZE) -> TrainState:
+  """Shapes, dtypes and shardings (`sharding.state_sharding`) of the train state.
 
   Tracing the model here also raises shape errors (e.g. an image size that the
   CLSA pooling cannot divide) before anything is compiled.
@@ -34,12 +35,13 @@ def abstract_train_state(model: nn.Module, tx: optax.GradientTransformation,
   abstract = jax.eval_shape(_init_fn(model, tx, image_size), jax.random.key(0))
   return jax.tree.map(
       lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-      abstract, sharding.state_sharding(mesh, abstract))
+      abstract, sharding.state_sharding(mesh, abstract, fsdp_min_size))
 
 
 def create_train_state(model: nn.Module, tx: optax.GradientTransformation,
-                       rng: jax.Array, image_size: int, mesh: Mesh) -> TrainState:
+                       rng: jax.Array, image_size: int, mesh: Mesh,
+                       fsdp_min_size: int = sharding.FSDP_MIN_SIZE) -> TrainState:
   """Initialises a state directly in its sharded layout on `mesh`."""
-  abstract = abstract_train_state(model, tx, image_size, mesh)
+  abstract = abstract_train_state(model, tx, image_size, mesh, fsdp_min_size)
   out_shardings = jax.tree.map(lambda x: x.sharding, abstract)
   return jax.jit(_init_fn(model, tx, image_size), out_shardings=out_shardings)(rng)

@@ -7,6 +7,7 @@ from typing import Any
 from absl import logging
 from clu import metric_writers, periodic_actions
 import jax
+from jax.experimental import multihost_utils
 import ml_collections
 import tensorflow as tf
 
@@ -30,6 +31,19 @@ def evaluate(eval_step: Callable, state: TrainState, batches, metrics_cls
   results = {k: float(v) for k, v in collected.compute().items()}
   results['num_examples'] = int(collected.loss.count)
   return results
+
+
+def _dataset_builder(config: ml_collections.ConfigDict):
+  """The builder of config.dataset; process 0 alone generates the synthetic data.
+
+  The other processes wait at a barrier until it has, so that processes
+  sharing a data_dir never write the same files.
+  """
+  if jax.process_count() > 1:
+    if jax.process_index() == 0:
+      input_pipeline.get_dataset_builder(config)
+    multihost_utils.sync_global_devices('clan_jax: dataset prepared')
+  return input_pipeline.get_dataset_builder(config)
 
 
 def _total_steps(config: ml_collections.ConfigDict, steps_per_epoch: int) -> int:
@@ -82,7 +96,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   if tf.io.gfile.exists(checkpoint_dir):
     # Before the data and the model, which a mismatch would waste.
     trained_model.check_same_model(workdir, config)
-  builder = input_pipeline.get_dataset_builder(config)
+  builder = _dataset_builder(config)
   num_classes = input_pipeline.num_classes(builder)
   train_split, validation_split = input_pipeline.split_names(config)
   steps_per_epoch = input_pipeline.num_examples(builder, train_split) // config.batch_size
@@ -97,11 +111,12 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   branches = models.branch_names(config.model.mid_level_taps, config.model.use_clca,
                                  config.model.use_clsa)
   tx, learning_rate_fn = optimizer.create_optimizer(config, steps_per_epoch, total_steps)
-  state = create_train_state(model, tx, jax.random.key(config.seed), config.image_size, mesh)
+  state = create_train_state(model, tx, jax.random.key(config.seed), config.image_size,
+                             mesh, config.mesh.fsdp_min_size)
   # config.init (pretrained backbone or a trained workdir); a checkpoint in
   # `workdir` (resuming) replaces it below.
   state = pretrained.initialize(state, config)
-  state_sharding = sharding.state_sharding(mesh, state)
+  state_sharding = sharding.state_sharding(mesh, state, config.mesh.fsdp_min_size)
 
   checkpointer = checkpointing.Checkpointer(
       checkpoint_dir, save_every_steps=config.checkpoint_every_steps,

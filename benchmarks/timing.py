@@ -1,0 +1,113 @@
+"""Compiles and times train.py's real train step for a model config, on random data.
+
+Shared by benchmarks/train_step.py and benchmarks/scaling.py. Imports nothing
+that needs TensorFlow (clan_jax's models and training steps only).
+"""
+import dataclasses
+import resource
+import time
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from clan_jax import models, sharding
+from clan_jax.training import optimizer, steps
+from clan_jax.training.train_state import create_train_state
+from configs import default
+
+
+@dataclasses.dataclass
+class StepTiming:
+  params: int  # parameter count
+  compile_s: float  # lowering + compiling the step
+  step_s: float  # mean wall time of one step
+  xla_bytes: int  # XLA's estimate for the compiled step: arguments + temporaries
+  temp_bytes: int  # its temporaries alone
+  saved_bytes: int  # activations kept for the backward pass (saved_activation_bytes)
+  flops: float  # XLA's cost analysis of one step, per device
+  peak_kind: str
+  peak_bytes: int
+
+
+def peak_memory() -> tuple[str, int]:
+  """The device's peak bytes in use (GPU/TPU), or the process's peak RSS (CPU)."""
+  stats = jax.devices()[0].memory_stats()
+  if stats and 'peak_bytes_in_use' in stats:
+    return 'device peak', stats['peak_bytes_in_use']
+  # ru_maxrss is in KiB on Linux, and only grows.
+  return 'process peak RSS', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def saved_activation_bytes(model, image_size: int, batch_size: int) -> int:
+  """Bytes the forward pass keeps for the backward pass: the residuals of `jax.vjp`.
+
+  This is what rematerialisation reduces, measured before XLA sees the program
+  (XLA's CPU compiler removes the recomputation again, see BENCHMARKS.md).
+  Computes nothing: shapes only.
+  """
+  images = jax.ShapeDtypeStruct((batch_size, image_size, image_size, 3), jnp.float32)
+  variables = jax.eval_shape(lambda x: model.init(jax.random.key(0), x, train=False),
+                             images)
+
+  def residuals(params, batch_stats, images):
+    def loss(params):
+      outputs, _ = model.apply({'params': params, 'batch_stats': batch_stats}, images,
+                               train=True, mutable=['batch_stats'])
+      return sum(jnp.sum(logits) for logits in outputs['branches'].values())
+    return jax.vjp(loss, params)[1]
+
+  saved = jax.eval_shape(residuals, variables['params'], variables['batch_stats'], images)
+  return sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(saved))
+
+
+def _flops(compiled) -> float:
+  analysis = compiled.cost_analysis()
+  if isinstance(analysis, (list, tuple)):  # older JAX: one dict per program
+    analysis = analysis[0]
+  return float((analysis or {}).get('flops', float('nan')))
+
+
+def time_train_step(model_config: ml_collections.ConfigDict, *, image_size: int,
+                    batch_size: int, num_classes: int, warmup: int,
+                    num_steps: int) -> StepTiming:
+  """Compiles the train step of `model_config`, runs `warmup` steps, times `num_steps`."""
+  config = default.get_config()
+  config.model = model_config
+  mesh = sharding.create_mesh(config.mesh)
+  model = models.create_model(model_config, num_classes)
+  branches = models.branch_names(model_config.mid_level_taps, model_config.use_clca,
+                                 model_config.use_clsa)
+  tx, lr_fn = optimizer.create_optimizer(config, steps_per_epoch=100, total_steps=10_000)
+  state = create_train_state(model, tx, jax.random.key(0), image_size, mesh)
+  train_step = steps.jit_train_step(
+      mesh, sharding.state_sharding(mesh, state), branch_weights={}, label_smoothing=0.0,
+      learning_rate_fn=lr_fn, grad_accum_steps=1,
+      metrics_cls=steps.train_metrics_collection(branches, state.params))
+  rng = np.random.default_rng(0)
+  batch = jax.device_put(
+      {'image': rng.normal(size=(batch_size, image_size, image_size, 3)).astype(np.float32),
+       'label': rng.integers(0, num_classes, batch_size).astype(np.int32)},
+      sharding.batch_sharding(mesh))
+
+  started = time.perf_counter()
+  compiled = train_step.lower(state, batch).compile()
+  compile_s = time.perf_counter() - started
+  analysis = compiled.memory_analysis()
+  for _ in range(warmup):
+    state, _ = compiled(state, batch)
+  jax.block_until_ready(state)
+  started = time.perf_counter()
+  for _ in range(num_steps):
+    state, metrics = compiled(state, batch)
+  jax.block_until_ready((state, metrics))
+  step_s = (time.perf_counter() - started) / num_steps
+  peak_kind, peak_bytes = peak_memory()
+  return StepTiming(
+      params=sum(x.size for x in jax.tree.leaves(state.params)), compile_s=compile_s,
+      step_s=step_s,
+      xla_bytes=analysis.argument_size_in_bytes + analysis.temp_size_in_bytes,
+      temp_bytes=analysis.temp_size_in_bytes,
+      saved_bytes=saved_activation_bytes(model, image_size, batch_size), flops=_flops(compiled),
+      peak_kind=peak_kind, peak_bytes=peak_bytes)

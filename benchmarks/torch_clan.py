@@ -1,0 +1,94 @@
+"""CLAN in PyTorch with the layers and shapes of clan_jax.models.CLAN, for speed comparisons.
+
+The backbone is tests/torch_resnet.py's torchvision-layout ResNet (its `fc` is
+replaced by an identity, as CLAN has its own heads); CLCA, CLSA and the four
+heads follow clan_jax/models/clca.py, clsa.py and clan.py with the spec's
+default choices (softmax over keys without 1/sqrt(d), bilinear Up, W_g before
+Up, avg-pooled CLSA map, concatenated refined map). The attention is
+`F.scaled_dot_product_attention`, which picks PyTorch's flash or
+memory-efficient kernel on a GPU where the shapes allow. Not numerically tied
+to the JAX model (no weight conversion): it is the same computation, timed.
+"""
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from clan_jax.models.resnet import RESNET_VARIANTS, STAGE_NAMES
+from tests.torch_resnet import BasicBlock, Bottleneck, ResNet
+
+
+class CLCA(nn.Module):
+  """L̂_s = L_s + BN(W_y(softmax(W_θ(f) W_φ(f)^T) W_k(L_s))), f = Up(W_g(L_N)) + W_l(L_s)."""
+
+  def __init__(self, mid_channels: int, top_channels: int, inner_ratio: float = 0.5):
+    super().__init__()
+    inner = max(1, int(round(mid_channels * inner_ratio)))
+    self.w_g = nn.Conv2d(top_channels, inner, 1)
+    self.w_l = nn.Conv2d(mid_channels, inner, 1)
+    self.w_theta = nn.Conv2d(inner, inner, 1)
+    self.w_phi = nn.Conv2d(inner, inner, 1)
+    self.w_k = nn.Conv2d(mid_channels, inner, 1)
+    self.w_y = nn.Conv2d(inner, mid_channels, 1)
+    self.bn_y = nn.BatchNorm2d(mid_channels)
+    nn.init.zeros_(self.bn_y.weight)
+
+  def forward(self, mid: torch.Tensor, top: torch.Tensor) -> torch.Tensor:
+    """[B, C_s, H_s, W_s], [B, C_g, H_g, W_g] -> [B, C_s, H_s, W_s]."""
+    b, _, h, w = mid.shape
+    g = F.interpolate(self.w_g(top), size=(h, w), mode='bilinear', align_corners=False)
+    f = g + self.w_l(mid)
+    positions = lambda x: x.flatten(2).transpose(1, 2)  # [B, C, H, W] -> [B, N, C]
+    y = F.scaled_dot_product_attention(
+        positions(self.w_theta(f)), positions(self.w_phi(f)), positions(self.w_k(mid)),
+        scale=1.0)
+    y = y.transpose(1, 2).reshape(b, -1, h, w)
+    return mid + self.bn_y(self.w_y(y))
+
+
+class CLSA(nn.Module):
+  """L_N * avgpool(sigmoid(conv7x7([max_c L̂_s, mean_c L̂_s])))."""
+
+  def __init__(self, kernel_size: int = 7):
+    super().__init__()
+    self.conv = nn.Conv2d(2, 1, kernel_size, padding=kernel_size // 2)
+
+  def forward(self, mid: torch.Tensor, top: torch.Tensor) -> torch.Tensor:
+    descriptor = torch.cat([mid.amax(1, keepdim=True), mid.mean(1, keepdim=True)], 1)
+    attention = torch.sigmoid(self.conv(descriptor))
+    window = (mid.shape[2] // top.shape[2], mid.shape[3] // top.shape[3])
+    return top * F.avg_pool2d(attention, window)
+
+
+class CLAN(nn.Module):
+  """Backbone, CLCA and CLSA on each mid-level tap, and heads on L̂_s, L_N and L̂_N."""
+
+  def __init__(self, num_classes: int, backbone: str = 'resnet50', width: int = 64,
+               mid_level_taps: tuple[str, ...] = ('layer2', 'layer3')):
+    super().__init__()
+    stage_sizes, flax_block = RESNET_VARIANTS[backbone]
+    block = Bottleneck if flax_block.expansion == 4 else BasicBlock
+    self.backbone = ResNet(block, stage_sizes, width)
+    self.backbone.fc = nn.Identity()
+    channels = {name: width * 2**i * block.expansion for i, name in enumerate(STAGE_NAMES)}
+    top = channels['layer4']
+    self.taps = mid_level_taps
+    self.clca = nn.ModuleDict({t: CLCA(channels[t], top) for t in mid_level_taps})
+    self.clsa = nn.ModuleDict({t: CLSA() for t in mid_level_taps})
+    self.heads = nn.ModuleDict({
+        **{t: nn.Linear(channels[t], num_classes) for t in mid_level_taps},
+        'top': nn.Linear(top, num_classes),
+        'refined': nn.Linear(top * len(mid_level_taps), num_classes)})
+
+  def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Images [B, 3, H, W] -> {branch: logits [B, K]} (float32 under autocast too)."""
+    features = self.backbone(images)
+    top = features['layer4']
+    mids = {t: self.clca[t](features[t], top) for t in self.taps}
+    refined = torch.cat([self.clsa[t](mids[t], top) for t in self.taps], 1)
+    maps = {**mids, 'top': top, 'refined': refined}
+    return {name: self.heads[name](maps[name].mean((2, 3))).float() for name in maps}
+
+
+def clan_loss(branches: dict[str, torch.Tensor], labels: torch.Tensor) -> torch.Tensor:
+  """The sum of the branches' mean cross-entropies (all weights 1)."""
+  return sum(F.cross_entropy(logits, labels) for logits in branches.values())
