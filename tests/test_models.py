@@ -1,11 +1,14 @@
 """Shapes, equations and switches of the ResNet backbone, CLCA, CLSA and CLAN."""
+from typing import Any
+
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from clan_jax import models
-from clan_jax.models import attention
+from clan_jax.models import attention, blocks
 from configs import default
 
 # torchvision's parameter counts (weights and biases, BatchNorm running stats
@@ -211,6 +214,7 @@ def test_bfloat16_compute_keeps_float32_params_statistics_and_logits():
     ('backbone', 'resnet51'), ('mid_level_taps', ('layer4',)),
     ('clca.normalization', 'sigmoid'), ('clsa.kernel_size', 4),
     ('refined_top_merge', 'max'), ('combine', 'vote'), ('dtype', 'int8'),
+    ('top_stage', 'layer5'), ('mid_block', 'non_local'), ('top_block', 'cbam'),
 ])
 def test_bad_model_fields_are_named(field, value):
   config = _tiny_model_config()
@@ -222,3 +226,56 @@ def test_bad_model_fields_are_named(field, value):
   with pytest.raises(ValueError, match=f'config.model.{field}'):
     models.create_model(config, num_classes=3)
 
+
+
+def test_taps_and_backbone_options_are_checked_against_the_backbone():
+  config = _tiny_model_config(mid_level_taps=('layer2', 'layer4'))
+  with pytest.raises(ValueError, match=r"config.model.mid_level_taps='layer4' is not one of "
+                     r"\('layer1', 'layer2', 'layer3'\)"):
+    models.create_model(config, num_classes=3)
+  # A lower top-level map leaves fewer stages below it to tap.
+  config = _tiny_model_config(top_stage='layer3')
+  with pytest.raises(ValueError, match=r"mid_level_taps='layer3' is not one of "
+                     r"\('layer1', 'layer2'\)"):
+    models.create_model(config, num_classes=3)
+  config = _tiny_model_config()
+  config.backbone_options = {'stage_output': 'conv'}
+  with pytest.raises(ValueError, match=r"config.model.backbone_options.stage_output is not an "
+                     r"option of resnet18; its options: \('zero_init_residual',\)"):
+    models.create_model(config, num_classes=3)
+
+
+def test_top_stage_chooses_the_top_level_map():
+  config = _tiny_model_config(top_stage='layer3', mid_level_taps=('layer1', 'layer2'))
+  model = models.create_model(config, num_classes=3)
+  variables = jax.eval_shape(
+      lambda x: model.init(jax.random.key(0), x, train=False), jnp.zeros((1, 64, 64, 3)))
+  # L_N is layer3's map (4 * width channels), so the top head reads 16 channels.
+  assert variables['params']['head_top']['fc']['kernel'].shape == (16, 3)
+  assert {'clca_layer1', 'clsa_layer2'} <= set(variables['params'])
+
+
+class _GatedMid(nn.Module):
+  """A stand-in mid-level block: L_s * sigmoid(a) with one learned scalar a."""
+
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, mid, top, train):
+    del top, train
+    gate = self.param('gate', nn.initializers.zeros, (), self.param_dtype)
+    return mid * jax.nn.sigmoid(gate)
+
+
+def test_a_registered_block_replaces_clca_by_name(monkeypatch):
+  monkeypatch.setitem(blocks.MID_LEVEL_BLOCKS, 'gated', _GatedMid)
+  config = _tiny_model_config(mid_block='gated')
+  config.gated = {}
+  model = models.create_model(config, num_classes=3)
+  images = jnp.ones((1, 64, 64, 3))
+  variables = model.init(jax.random.key(0), images, train=False)
+  assert {'gated_layer2', 'gated_layer3', 'clsa_layer2', 'head_layer2'} <= set(
+      variables['params'])
+  assert not any(name.startswith('clca') for name in variables['params'])
+  assert model.apply(variables, images, train=False)['combined'].shape == (1, 3)

@@ -1,12 +1,12 @@
-"""CLAN models: ResNet backbones, CLCA, CLSA and the four-branch classifier."""
+"""CLAN models: registered backbones and blocks, CLCA, CLSA and the four-branch classifier."""
 import jax.numpy as jnp
 import ml_collections
 
-from clan_jax.models import attention, clsa
-from clan_jax.models.clan import CLAN, COMBINE_MODES, MERGE_MODES, MID_LEVEL_STAGES, branch_names
+from clan_jax.models import attention, backbones, blocks, clsa
+from clan_jax.models.clan import CLAN, COMBINE_MODES, MERGE_MODES, branch_names
 from clan_jax.models.clca import CLCA
 from clan_jax.models.clsa import CLSA
-from clan_jax.models.resnet import RESNET_VARIANTS, ResNet, create_resnet
+from clan_jax.models.resnet import ResNet, create_resnet
 
 __all__ = ['CLAN', 'CLCA', 'CLSA', 'ResNet', 'branch_names', 'create_model',
            'create_resnet', 'validate_model_config']
@@ -17,14 +17,40 @@ def _choice(value, options, field):
     raise ValueError(f'config.model.{field}={value!r} is not one of {tuple(options)}.')
 
 
+def _backbone_options(m: ml_collections.ConfigDict) -> dict:
+  """config.model.backbone_options, with the older top-level zero_init_residual folded in."""
+  spec = backbones.get(m.backbone)
+  options = dict(m.get('backbone_options') or {})
+  for name in options:
+    if name not in spec.options:
+      raise ValueError(f'config.model.backbone_options.{name} is not an option of '
+                       f'{m.backbone}; its options: {spec.options}.')
+  if 'zero_init_residual' in spec.options:
+    options.setdefault('zero_init_residual', m.get('zero_init_residual', False))
+  elif m.get('zero_init_residual'):
+    raise ValueError(f'config.model.zero_init_residual=True needs a residual backbone; '
+                     f'config.model.backbone={m.backbone!r} has none.')
+  return options
+
+
 def validate_model_config(model_config: ml_collections.ConfigDict) -> None:
   """Raises a ValueError naming the first bad field of `config.model`."""
   m = model_config
-  _choice(m.backbone, RESNET_VARIANTS, 'backbone')
+  spec = backbones.get(m.backbone)
+  _backbone_options(m)
+  top_stage = m.get('top_stage') or spec.top_stage
+  _choice(top_stage, spec.stage_names, 'top_stage')
   for tap in m.mid_level_taps:
-    _choice(tap, MID_LEVEL_STAGES, 'mid_level_taps')
+    _choice(tap, spec.mid_level_stages(top_stage), 'mid_level_taps')
   if m.use_clsa and not m.mid_level_taps:
     raise ValueError('config.model.use_clsa needs at least one config.model.mid_level_taps.')
+  for field, registry in (('mid_block', blocks.MID_LEVEL_BLOCKS),
+                          ('top_block', blocks.TOP_LEVEL_BLOCKS)):
+    name = m.get(field, next(iter(registry)))
+    _choice(name, registry, field)
+    if name not in m:
+      raise ValueError(f'config.model.{field}={name!r} needs its options group '
+                       f'config.model.{name} (see configs/default.py).')
   _choice(m.clca.normalization, attention.NORMALIZATIONS, 'clca.normalization')
   _choice(m.clca.attention_impl, attention.IMPLEMENTATIONS, 'clca.attention_impl')
   _choice(m.clca.upsample, ('bilinear', 'nearest'), 'clca.upsample')
@@ -40,19 +66,28 @@ def validate_model_config(model_config: ml_collections.ConfigDict) -> None:
 
 
 def create_model(model_config: ml_collections.ConfigDict, num_classes: int) -> CLAN:
-  """Builds the CLAN of `config.model` (see configs/default.py for the fields)."""
+  """Builds the CLAN of `config.model` (see configs/default.py for the fields).
+
+  Fields added since older workdirs were written (backbone_options,
+  top_stage, mid_block, top_block) take their defaults when absent.
+  """
   validate_model_config(model_config)
   m = model_config
+  mid_block = m.get('mid_block', 'clca')
+  top_block = m.get('top_block', 'clsa')
   return CLAN(
       num_classes=num_classes,
       backbone=m.backbone,
       backbone_width=m.backbone_width,
-      zero_init_residual=m.zero_init_residual,
+      backbone_options=_backbone_options(m),
+      top_stage=m.get('top_stage'),
       mid_level_taps=tuple(m.mid_level_taps),
       use_clca=m.use_clca,
       use_clsa=m.use_clsa,
-      clca_options=dict(m.clca),
-      clsa_options=dict(m.clsa),
+      mid_block=mid_block,
+      top_block=top_block,
+      mid_block_options=dict(m[mid_block]),
+      top_block_options=dict(m[top_block]),
       refined_top_merge=m.refined_top_merge,
       combine=m.combine,
       dtype=jnp.dtype(m.dtype),

@@ -32,8 +32,13 @@ class CLSA(nn.Module):
   param_dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, mid: jax.Array, top: jax.Array) -> jax.Array:
-    """Maps L̂_s [B, H_s, W_s, C_s] and L_N [B, H_g, W_g, C_g] to [B, H_g, W_g, C_g]."""
+  def __call__(self, mid: jax.Array, top: jax.Array, train: bool = False) -> jax.Array:
+    """Maps L̂_s [B, H_s, W_s, C_s] and L_N [B, H_g, W_g, C_g] to [B, H_g, W_g, C_g].
+
+    `train` is unused (CLSA has no BatchNorm or dropout); every top-level
+    block takes it (see models/blocks.py).
+    """
+    del train
     descriptor = jnp.concatenate(
         [jnp.max(mid, axis=-1, keepdims=True),
          jnp.mean(mid, axis=-1, keepdims=True, dtype=jnp.float32).astype(mid.dtype)],
