@@ -17,7 +17,7 @@ from typing import Any
 
 import flax.linen as nn
 
-from clan_jax.models import resnet
+from clan_jax.models import resnet, vgg
 
 
 @dataclasses.dataclass(frozen=True)
@@ -95,6 +95,26 @@ BACKBONES: dict[str, BackboneSpec] = {
         options=('zero_init_residual',), torchvision=RESNET_LAYOUT)
     for name, (stage_sizes, block_cls) in resnet.RESNET_VARIANTS.items()
 }
+
+VGG_LAYOUT = TorchvisionLayout(
+    family='VGG',
+    owns=lambda keys: any(k.startswith('features.') for k in keys),
+    module_path=lambda modules: modules,
+    variant=vgg.torchvision_variant,
+    options=vgg.torchvision_options,
+    classifier='classifier',
+    to_flax=vgg.torchvision_to_flax)
+
+# Taps and L_N are choices (the paper does not show them), at the strides of
+# ResNet's: with pooled stage maps block3 / block4 / block5 are at 8 / 16 / 32.
+BACKBONES.update({
+    vgg.variant_name(depth, batch_norm): BackboneSpec(
+        create=functools.partial(vgg.VGG, convs_per_block=convs, batch_norm=batch_norm),
+        stage_names=vgg.STAGE_NAMES, top_stage='block5',
+        taps={2: ('block3', 'block4'), 3: ('block2', 'block3', 'block4')},
+        options=('stage_output',), torchvision=VGG_LAYOUT)
+    for depth, convs in vgg.VGG_DEPTHS.items() for batch_norm in (False, True)
+})
 
 
 def get(name: str) -> BackboneSpec:
