@@ -50,6 +50,8 @@ def set_backbone(config: ml_collections.ConfigDict, backbone: str, scales: int,
     raise ValueError(f'{backbone} has taps for {sorted(spec.taps)} scales, not {scales}.')
   config.model.backbone = backbone
   config.model.backbone_options = ml_collections.ConfigDict(backbone_options)
+  if 'zero_init_residual' not in spec.options:  # VGG has no residual blocks
+    config.model.zero_init_residual = False
   config.model.mid_level_taps = spec.taps[scales]
   config.branch_weights = ml_collections.ConfigDict(
       {**{tap: 1.0 for tap in spec.taps[scales]}, 'top': 1.0, 'refined': 1.0})
