@@ -13,6 +13,7 @@ from clan_jax import checkpointing, models, sharding, trained_model
 from clan_jax.data import input_pipeline
 from clan_jax.training import losses, optimizer, steps, trainer
 from clan_jax.training.train_state import create_train_state
+from configs import fine_grained
 from configs import test as test_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -242,3 +243,18 @@ def test_train_py_trains_then_resumes(data_dir, tmp_path):
   typo = subprocess.run(command + ['--config.batchsize=4'], cwd=REPO,
                         capture_output=True, text=True, timeout=600)
   assert typo.returncode != 0 and 'batchsize' in typo.stderr
+
+
+@pytest.mark.parametrize('scales,taps', [(2, ('block3', 'block4')),
+                                         (3, ('block2', 'block3', 'block4'))])
+def test_clan_on_vgg16_trains_and_evaluates(data_dir, tmp_path, scales, taps):
+  """configs/test.py on VGG-16 (width 4) with configs/vgg16.py's taps, end to end."""
+  config = _config(data_dir, num_train_steps=2)
+  fine_grained.set_backbone(config, 'vgg16', scales, stage_output='pooled')
+  results = trainer.train_and_evaluate(config, str(tmp_path))
+  for branch in (*taps, 'top', 'refined', 'combined'):
+    assert 0.0 <= results[f'top1_{branch}'] <= 1.0, branch
+  assert np.isfinite(results['loss'])
+  restored = trained_model.load(str(tmp_path))
+  assert restored.step == 2 and restored.config.model.backbone == 'vgg16'
+  assert {f'clca_{tap}' for tap in taps} <= set(restored.variables['params'])
