@@ -1,10 +1,12 @@
 """Shapes, equations and switches of the ResNet backbone, CLCA, CLSA and CLAN."""
 from typing import Any
 
+from absl import flags
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from ml_collections import config_flags
 import pytest
 
 from clan_jax import models
@@ -353,3 +355,19 @@ def test_vgg_without_residual_blocks_refuses_zero_init_residual():
   with pytest.raises(ValueError, match=r"config.model.zero_init_residual=True needs a "
                      r"residual backbone; config.model.backbone='vgg16' has none"):
     models.create_model(config, num_classes=3)
+
+
+def test_vgg16_config_file_takes_dataset_and_scales_on_the_command_line():
+  """`--config=configs/vgg16.py:DATASET,SCALES[,bn]`, as train.py parses it."""
+  flag_values = flags.FlagValues()
+  config_flags.DEFINE_config_file('config', flag_values=flag_values, lock_config=True)
+  flag_values(['train.py', '--config=configs/vgg16.py:aircraft,3,bn'])
+  config = flag_values.config
+  assert config.dataset == 'fgvc_aircraft' and config.train_split == 'trainval'
+  assert config.model.backbone == 'vgg16_bn' and config.image_size == 448
+  assert tuple(config.model.mid_level_taps) == ('block2', 'block3', 'block4')
+  assert set(config.branch_weights) == {'block2', 'block3', 'block4', 'top', 'refined'}
+  assert config.model.backbone_options.stage_output == 'pooled'
+  models.validate_model_config(config.model)
+  with pytest.raises(ValueError, match=r'configs/vgg16.py:cub,4: expected DATASET,SCALES'):
+    vgg16.get_config('cub,4')
