@@ -82,7 +82,10 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
   if not tf.io.gfile.exists(path):
     raise FileNotFoundError(f'{path} not found: {workdir} is not a train.py workdir.')
   with tf.io.gfile.GFile(path) as f:
-    return ml_collections.ConfigDict(json.load(f))
+    config = ml_collections.ConfigDict(json.load(f))
+  # Older workdirs lack the model fields added since; their defaults rebuild them.
+  config.model = models.with_added_fields(config.model)
+  return config
 
 
 def load(workdir: str, *, step: int | None = None, mesh: Mesh | None = None

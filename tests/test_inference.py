@@ -11,7 +11,7 @@ import numpy as np
 from PIL import Image
 import pytest
 
-from clan_jax import attention_maps, predict, trained_model
+from clan_jax import attention_maps, models, predict, trained_model
 from clan_jax.data import input_pipeline, synthetic
 from clan_jax.evaluate import evaluate
 from clan_jax.models.attention import spatial_attention
@@ -127,6 +127,26 @@ def test_a_changed_optimizer_config_still_loads_and_evaluates(trained, tmp_path,
   results = evaluate(copy, overrides={'mesh': {'data': 1}, 'eval_batch_size': 6})
   assert results['step'] == 16
   assert results['metrics']['no_tta']['top1_combined'] == train_results['top1_combined']
+
+
+def test_a_workdir_from_before_the_registries_still_loads_and_resumes(trained, tmp_path):
+  """config.json without the model fields added since (ADDED_FIELD_DEFAULTS)."""
+  workdir, _ = trained
+  copy = str(tmp_path / 'workdir')
+  shutil.copytree(workdir, copy)
+  with open(os.path.join(copy, trained_model.CONFIG_FILE)) as f:
+    config = json.load(f)
+  for field in models.ADDED_FIELD_DEFAULTS:
+    del config['model'][field]
+  with open(os.path.join(copy, trained_model.CONFIG_FILE), 'w') as f:
+    json.dump(config, f)
+  loaded = trained_model.load(copy)
+  assert loaded.config.model.mid_block == 'clca' and loaded.config.model.top_stage is None
+  assert {'clca_layer2', 'clsa_layer3'} <= set(loaded.variables['params'])
+  # Resuming it with today's config of the same model is not "another model".
+  current = test_config.get_config()
+  current.data_dir = config['data_dir']
+  trained_model.check_same_model(copy, current)
 
 
 def test_predict_agrees_with_the_evaluation_path(trained, tmp_path):

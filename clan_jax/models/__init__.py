@@ -12,6 +12,21 @@ __all__ = ['CLAN', 'CLCA', 'CLSA', 'ResNet', 'branch_names', 'create_model',
            'create_resnet', 'validate_model_config']
 
 
+# Fields of config.model added after workdirs were first written, with the
+# values that rebuild those workdirs' models.
+ADDED_FIELD_DEFAULTS = {'backbone_options': {}, 'top_stage': None, 'mid_block': 'clca',
+                        'top_block': 'clsa'}
+
+
+def with_added_fields(model_config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """A copy of `model_config` (e.g. an older workdir's) with every added field present."""
+  m = ml_collections.ConfigDict(model_config.to_dict())
+  for field, default in ADDED_FIELD_DEFAULTS.items():
+    if field not in m:
+      m[field] = default
+  return m
+
+
 def _choice(value, options, field):
   if value not in options:
     raise ValueError(f'config.model.{field}={value!r} is not one of {tuple(options)}.')
@@ -20,14 +35,14 @@ def _choice(value, options, field):
 def _backbone_options(m: ml_collections.ConfigDict) -> dict:
   """config.model.backbone_options, with the older top-level zero_init_residual folded in."""
   spec = backbones.get(m.backbone)
-  options = dict(m.get('backbone_options') or {})
+  options = dict(m.backbone_options)
   for name in options:
     if name not in spec.options:
       raise ValueError(f'config.model.backbone_options.{name} is not an option of '
                        f'{m.backbone}; its options: {spec.options}.')
   if 'zero_init_residual' in spec.options:
-    options.setdefault('zero_init_residual', m.get('zero_init_residual', False))
-  elif m.get('zero_init_residual'):
+    options.setdefault('zero_init_residual', m.zero_init_residual)
+  elif m.zero_init_residual:
     raise ValueError(f'config.model.zero_init_residual=True needs a residual backbone; '
                      f'config.model.backbone={m.backbone!r} has none.')
   return options
@@ -35,10 +50,10 @@ def _backbone_options(m: ml_collections.ConfigDict) -> dict:
 
 def validate_model_config(model_config: ml_collections.ConfigDict) -> None:
   """Raises a ValueError naming the first bad field of `config.model`."""
-  m = model_config
+  m = with_added_fields(model_config)
   spec = backbones.get(m.backbone)
   _backbone_options(m)
-  top_stage = m.get('top_stage') or spec.top_stage
+  top_stage = m.top_stage or spec.top_stage
   _choice(top_stage, spec.stage_names, 'top_stage')
   for tap in m.mid_level_taps:
     _choice(tap, spec.mid_level_stages(top_stage), 'mid_level_taps')
@@ -46,7 +61,7 @@ def validate_model_config(model_config: ml_collections.ConfigDict) -> None:
     raise ValueError('config.model.use_clsa needs at least one config.model.mid_level_taps.')
   for field, registry in (('mid_block', blocks.MID_LEVEL_BLOCKS),
                           ('top_block', blocks.TOP_LEVEL_BLOCKS)):
-    name = m.get(field, next(iter(registry)))
+    name = m[field]
     _choice(name, registry, field)
     if name not in m:
       raise ValueError(f'config.model.{field}={name!r} needs its options group '
@@ -68,26 +83,24 @@ def validate_model_config(model_config: ml_collections.ConfigDict) -> None:
 def create_model(model_config: ml_collections.ConfigDict, num_classes: int) -> CLAN:
   """Builds the CLAN of `config.model` (see configs/default.py for the fields).
 
-  Fields added since older workdirs were written (backbone_options,
-  top_stage, mid_block, top_block) take their defaults when absent.
+  Fields added since older workdirs were written (ADDED_FIELD_DEFAULTS) take
+  their defaults when absent.
   """
   validate_model_config(model_config)
-  m = model_config
-  mid_block = m.get('mid_block', 'clca')
-  top_block = m.get('top_block', 'clsa')
+  m = with_added_fields(model_config)
   return CLAN(
       num_classes=num_classes,
       backbone=m.backbone,
       backbone_width=m.backbone_width,
       backbone_options=_backbone_options(m),
-      top_stage=m.get('top_stage'),
+      top_stage=m.top_stage,
       mid_level_taps=tuple(m.mid_level_taps),
       use_clca=m.use_clca,
       use_clsa=m.use_clsa,
-      mid_block=mid_block,
-      top_block=top_block,
-      mid_block_options=dict(m[mid_block]),
-      top_block_options=dict(m[top_block]),
+      mid_block=m.mid_block,
+      top_block=m.top_block,
+      mid_block_options=dict(m[m.mid_block]),
+      top_block_options=dict(m[m.top_block]),
       refined_top_merge=m.refined_top_merge,
       combine=m.combine,
       dtype=jnp.dtype(m.dtype),
