@@ -55,7 +55,7 @@ def train_step(state: TrainState, batch: Mapping[str, jax.Array], *,
     loss, branch_losses = clan_loss(outputs['branches'], batch['label'],
                                     branch_weights=branch_weights,
                                     label_smoothing=label_smoothing)
-    return loss, (outputs['combined'], updates['batch_stats'], branch_losses)
+    return loss, (outputs['combined'], updates.get('batch_stats', {}), branch_losses)
 
   (loss, (combined, batch_stats, branch_losses)), grads = jax.value_and_grad(
       loss_fn, has_aux=True)(state.params)

@@ -18,7 +18,9 @@ class TrainState(train_state.TrainState):
 def _init_variables(model: nn.Module, image_size: int):
   def init(rng):
     images = jnp.zeros((1, image_size, image_size, 3), jnp.float32)
-    return model.init(rng, images, train=False)
+    variables = model.init(rng, images, train=False)
+    # A model without BatchNorm (plain VGG, its blocks off) has no 'batch_stats'.
+    return {'params': variables['params'], 'batch_stats': variables.get('batch_stats', {})}
   return init
 
 
