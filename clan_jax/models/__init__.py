@@ -9,7 +9,7 @@ from clan_jax.models.clsa import CLSA
 from clan_jax.models.resnet import ResNet, create_resnet
 
 __all__ = ['CLAN', 'CLCA', 'CLSA', 'ResNet', 'branch_names', 'create_model',
-           'create_resnet', 'validate_model_config']
+           'create_resnet', 'validate_model_config', 'with_added_fields']
 
 
 # Fields of config.model added after workdirs were first written, with the
@@ -33,7 +33,7 @@ def _choice(value, options, field):
 
 
 def _backbone_options(m: ml_collections.ConfigDict) -> dict:
-  """config.model.backbone_options, with the older top-level zero_init_residual folded in."""
+  """config.model.backbone_options, plus config.model.zero_init_residual for ResNets."""
   spec = backbones.get(m.backbone)
   options = dict(m.backbone_options)
   for name in options:
