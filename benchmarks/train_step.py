@@ -1,10 +1,11 @@
 """Train-step speed and memory of CLAN next to its plain backbone, in one run.
 
   python benchmarks/train_step.py --image_size=224 --batch_size=8
+  python benchmarks/train_step.py --backbone=vgg16 --scales=3 --image_size=224 --batch_size=8
   python benchmarks/train_step.py --backbone=resnet50 --image_size=448 --batch_size=32 --dtype=bfloat16
 
 For each model (the backbone with CLCA and CLSA off, then CLAN with every spec
-default) it compiles the real sharded train step of train.py, runs
+default and the backbone's --scales taps) it compiles the real sharded train step of train.py, runs
 --warmup steps, times --steps steps, and prints: compile time, mean step time,
 images per second, XLA's memory estimate of the compiled step (arguments +
 temporaries), and the peak memory the device reports (GPU/TPU) or the
@@ -18,9 +19,12 @@ import jax
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks.timing import time_train_step  # pylint: disable=g-import-not-at-top
+from clan_jax.models import backbones  # pylint: disable=g-import-not-at-top
 from configs import default
 
-flags.DEFINE_string('backbone', 'resnet50', 'torchvision ResNet name.')
+flags.DEFINE_string('backbone', 'resnet50', 'A name in clan_jax/models/backbones.py.')
+flags.DEFINE_integer('scales', 2, "CLAN's number of scales: the backbone's default taps "
+                     'for 2 or 3 (BackboneSpec.taps).')
 flags.DEFINE_integer('image_size', 224, 'Square input resolution.')
 flags.DEFINE_integer('batch_size', 8, 'Global batch size.')
 flags.DEFINE_integer('num_classes', 200, 'Classes of every head (CUB: 200).')
@@ -42,18 +46,19 @@ def benchmark(name: str, model_config) -> None:
 
 def main(argv):
   del argv
-  print(f'{FLAGS.backbone}, {FLAGS.image_size}x{FLAGS.image_size}, batch '
+  print(f'{FLAGS.backbone} {FLAGS.scales}-scale, {FLAGS.image_size}x{FLAGS.image_size}, batch '
         f'{FLAGS.batch_size}, {FLAGS.dtype}, {FLAGS.num_classes} classes, '
         f'{jax.device_count()} x {jax.devices()[0].device_kind}, JAX {jax.__version__}; '
         f'mean of {FLAGS.steps} steps after {FLAGS.warmup} warm-up steps')
-  clan = default.get_model_config()
-  clan.backbone, clan.dtype = FLAGS.backbone, FLAGS.dtype
-  plain = default.get_model_config()
-  plain.backbone, plain.dtype = FLAGS.backbone, FLAGS.dtype
+  taps = backbones.get(FLAGS.backbone).taps[FLAGS.scales]
+  clan, plain = default.get_model_config(), default.get_model_config()
+  for model_config in (clan, plain):
+    model_config.backbone, model_config.dtype = FLAGS.backbone, FLAGS.dtype
+    model_config.mid_level_taps = taps
   plain.use_clca = plain.use_clsa = False
   # Plain first: a process's peak RSS only grows, so each figure is then its own.
   benchmark(f'plain {FLAGS.backbone}', plain)
-  benchmark(f'CLAN {FLAGS.backbone}', clan)
+  benchmark(f'CLAN {FLAGS.backbone} {FLAGS.scales}-scale', clan)
 
 
 if __name__ == '__main__':

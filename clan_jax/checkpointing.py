@@ -64,10 +64,14 @@ class Checkpointer:
     """True when JAX's preemption notice (TPU, multi-process runs) reached `step`."""
     return self._manager.reached_preemption(step)
 
-  def restore(self, target: Any, step: int | None = None) -> Any:
+  def restore(self, target: Any, step: int | None = None, *, partial: bool = False) -> Any:
     """Restores `step` (default: the latest) as arrays shaped, typed and sharded like `target`.
 
-    `target` holds arrays or jax.ShapeDtypeStructs with shardings.
+    `target` holds arrays or jax.ShapeDtypeStructs with shardings. With
+    `partial`, it may be a subtree of what was saved, as a nested dict (e.g.
+    only 'step', 'params' and 'batch_stats' of a train state), and only that
+    is read: the rest of the checkpoint, such as an optimizer state of
+    another structure, is never matched against anything.
 
     Raises:
       UserError: there is no checkpoint, or it cannot be read; names its path.
@@ -78,7 +82,13 @@ class Checkpointer:
     abstract = jax.tree.map(
         lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), target)
     try:
-      return self._manager.restore(step, args=ocp.args.StandardRestore(abstract))
+      if partial:
+        args = ocp.args.PyTreeRestore(
+            item=abstract, restore_args=ocp.checkpoint_utils.construct_restore_args(abstract),
+            partial_restore=True)
+      else:
+        args = ocp.args.StandardRestore(abstract)
+      return self._manager.restore(step, args=args)
     except Exception as e:  # pylint: disable=broad-except
       # orbax, tensorstore and json raise many kinds for damaged files.
       raise UserError(f'checkpoint {os.path.join(self.directory, str(step))} cannot be '

@@ -1,21 +1,27 @@
-"""Pretrained initialisation: torchvision / timm ResNet weights, or a trained workdir.
+"""Pretrained initialisation: torchvision / timm backbone weights, or a trained workdir.
 
-A torchvision or timm ResNet-18/34/50/101/152 state dict (`.safetensors`, read
-without PyTorch, or `.pth`, read with `torch.load(weights_only=True)`) converts
-to the backbone's variables. The Flax tree mirrors torchvision's keys (see
-models/resnet.py), so the mapping is a rename plus a layout change:
+A torchvision or timm state dict of a registered backbone (ResNet-18 ... 152,
+VGG-11 ... 19 with or without BatchNorm; `.safetensors`, read without
+PyTorch, or `.pth`, read with `torch.load(weights_only=True)`) converts to the
+backbone's variables. The Flax trees mirror torchvision's keys (see
+models/resnet.py and models/vgg.py), so the mapping is a rename plus a layout
+change, with each family's renames in its `TorchvisionLayout`
+(models/backbones.py):
 
   conv1.weight [O, I, H, W]              -> params/conv1/kernel [H, W, I, O]
   bn1.weight, bn1.bias                   -> params/bn1/scale, params/bn1/bias
   bn1.running_mean, bn1.running_var      -> batch_stats/bn1/mean, batch_stats/bn1/var
   layer1.0.downsample.0 / .1             -> layer1/0/downsample_conv / downsample_bn
   fc.weight [K, C], fc.bias              -> params/fc/kernel [C, K], params/fc/bias
+  features.0.weight, features.1.weight   -> params/features/0/kernel, params/features/1/scale
+  classifier.0.weight [F, C*7*7]         -> params/classifier/0/kernel [7*7*C, F] (NHWC order)
 
-`fc` is kept for parity checks; CLAN's backbone has no `fc` and ignores it.
-Converted weights are saved as a flat `.npz` (these keys, plus `variant`).
+The classifier (`fc`, VGG's `classifier`) is kept for parity checks; CLAN's
+backbone has none and ignores it. Converted weights are saved as a flat `.npz`
+(these keys, plus `variant`).
 
 `initialize` applies `config.init` to a fresh train state, checking the file's
-depth, keys and shapes first and naming every offending key.
+variant, keys and shapes first and naming every offending key.
 """
 import dataclasses
 import os
@@ -32,13 +38,12 @@ import ml_collections
 import numpy as np
 
 from clan_jax import trained_model
-from clan_jax.models.resnet import RESNET_VARIANTS, STAGE_NAMES, Bottleneck, create_resnet
+from clan_jax.models import backbones
 from clan_jax.training.train_state import TrainState
 from clan_jax.user_errors import MissingFileError, UserError
 
 VARIANT_KEY = 'variant'
-_FC = 'params/fc/'
-_BACKBONE = 'backbone'  # CLAN's name for its ResNet
+_BACKBONE = 'backbone'  # CLAN's name for its backbone
 _TORCH_SUFFIXES = ('.pth', '.pt', '.bin')
 # A timm / torchvision checkpoint may wrap its state dict in a training record.
 _WRAPPER_KEYS = ('state_dict', 'model')
@@ -48,27 +53,39 @@ _BN_LEAVES = {'weight': 'params/{}/scale', 'bias': 'params/{}/bias',
 
 @dataclasses.dataclass(frozen=True)
 class BackboneWeights:
-  """A converted ResNet: `variant` (e.g. 'resnet50') and its arrays by flat key.
+  """A converted backbone: `variant` (e.g. 'resnet50') and its arrays by flat key.
 
   `arrays` maps 'params/layer1/0/conv1/kernel', 'batch_stats/bn1/mean', ... to
-  float32 numpy arrays in Flax layout; 'params/fc/kernel' and 'params/fc/bias'
-  are present when the file had a classifier.
+  float32 numpy arrays in Flax layout; the classifier's ('params/fc/...',
+  'params/classifier/...') are present when the file had one.
   """
 
   variant: str
   arrays: dict[str, np.ndarray]
 
   @property
+  def spec(self) -> backbones.BackboneSpec:
+    return backbones.BACKBONES[self.variant]
+
+  @property
+  def options(self) -> dict[str, Any]:
+    """Keyword arguments of `spec.create` that the arrays fix (width, num_classes, ...)."""
+    return self.spec.torchvision.options(self.arrays)
+
+  @property
   def width(self) -> int:
-    return self.arrays['params/conv1/kernel'].shape[-1]
+    return self.options['width']
 
   @property
   def num_classes(self) -> int | None:
-    fc_bias = self.arrays.get(_FC + 'bias')
-    return None if fc_bias is None else fc_bias.shape[0]
+    return self.options['num_classes']
+
+  def create_model(self, **kwargs) -> Any:
+    """The backbone module these weights fit (with their classifier, if any)."""
+    return self.spec.create(**self.options, **kwargs)
 
   def variables(self) -> dict[str, Any]:
-    """Nested {'params', 'batch_stats'} for create_resnet(variant, width, num_classes)."""
+    """Nested {'params', 'batch_stats'} for `create_model()`."""
     return traverse_util.unflatten_dict(self.arrays, sep='/')
 
 
@@ -165,39 +182,48 @@ def load_state_dict(path: str) -> dict[str, np.ndarray]:
 # --- Conversion ----------------------------------------------------------------------
 
 
-def _flax_key(torch_key: str, ndim: int) -> str | None:
+def _flax_key(torch_key: str, ndim: int, layout: backbones.TorchvisionLayout) -> str | None:
   """'layer1.0.downsample.1.running_var' -> 'batch_stats/layer1/0/downsample_bn/var'.
 
-  None for a key that is no torchvision ResNet parameter.
+  None for a key that is no parameter of a torchvision model of `layout`.
   """
   *modules, leaf = torch_key.split('.')
-  if modules[-2:] in (['downsample', '0'], ['downsample', '1']):
-    modules = modules[:-2] + ['downsample_conv' if modules[-1] == '0' else 'downsample_bn']
-  module = '/'.join(modules)
+  module = '/'.join(layout.module_path(modules))
   if leaf == 'weight' and ndim in (2, 4):  # conv or linear
     return f'params/{module}/kernel'
-  if leaf in _BN_LEAVES and ndim == 1:  # BatchNorm, or fc's bias
+  if leaf in _BN_LEAVES and ndim == 1:  # BatchNorm, or a conv's or linear's bias
     return _BN_LEAVES[leaf].format(module)
   return None
 
 
-def infer_variant(keys: list[str], source: str = 'the weights') -> str:
-  """The RESNET_VARIANTS name of flat Flax keys: block type from conv3, depth from block counts."""
-  blocks = [set() for _ in STAGE_NAMES]
-  for key in keys:
-    match = re.match(r'params/layer(\d)/(\d+)/', key)
-    if match and 1 <= int(match[1]) <= len(STAGE_NAMES):
-      blocks[int(match[1]) - 1].add(int(match[2]))
-  stage_sizes = tuple(len(b) for b in blocks)
-  bottleneck = any(re.match(r'params/layer\d/\d+/conv3/', key) for key in keys)
-  for name, (sizes, block_cls) in RESNET_VARIANTS.items():
-    if tuple(sizes) == stage_sizes and (block_cls is Bottleneck) == bottleneck:
-      return name
+def _to_flax_layout(key: str, value: np.ndarray, layout: backbones.TorchvisionLayout
+                    ) -> np.ndarray:
+  value = np.asarray(value, np.float32)
+  if layout.to_flax is not None:
+    value = layout.to_flax(key, value)
+  if value.ndim == 4:
+    value = value.transpose(2, 3, 1, 0)  # OIHW -> HWIO
+  elif value.ndim == 2:
+    value = value.T  # [out, in] -> [in, out]
+  return np.ascontiguousarray(value)
+
+
+def _layout_of(torch_keys: list[str], variant: str | None, source: str
+               ) -> backbones.TorchvisionLayout:
+  """The layout of `variant`, or of the one family whose keys these are."""
+  if variant is not None:
+    if variant not in backbones.BACKBONES:
+      raise ValueError(f'Unknown variant {variant!r}; expected one of '
+                       f'{tuple(backbones.BACKBONES)}.')
+    return backbones.BACKBONES[variant].torchvision
+  layouts = {spec.torchvision.family: spec.torchvision
+             for spec in backbones.BACKBONES.values()}
+  for layout in layouts.values():
+    if layout.owns(torch_keys):
+      return layout
   raise WeightsMismatchError(
-      f'{source} is no torchvision ResNet: {stage_sizes} '
-      f'{"bottleneck" if bottleneck else "basic"} blocks per stage; known: '
-      + ', '.join(f'{n} {tuple(s)} {c.__name__}' for n, (s, c) in RESNET_VARIANTS.items())
-      + '.')
+      f'{source} is no torchvision state dict of {" or ".join(layouts)} (its keys '
+      f'begin {sorted(torch_keys)[:3]}).')
 
 
 def _flatten(tree: Any) -> dict[str, Any]:
@@ -226,41 +252,38 @@ def check_arrays(arrays: dict[str, Any], expected: dict[str, Any], source: str,
 
 def convert_state_dict(state_dict: dict[str, np.ndarray], variant: str | None = None,
                        source: str = 'the state dict') -> BackboneWeights:
-  """A torchvision / timm ResNet state dict (torch keys) -> checked BackboneWeights.
+  """A torchvision / timm backbone state dict (torch keys) -> checked BackboneWeights.
 
   `variant` defaults to the one the keys imply; a different one is an error,
-  as is any key or shape that the variant's ResNet does not have. 'module.'
+  as is any key or shape that the variant's model does not have. 'module.'
   prefixes (DataParallel) and BatchNorm's `num_batches_tracked` are ignored.
   """
+  state_dict = {k.removeprefix('module.'): v for k, v in state_dict.items()
+                if not k.endswith('.num_batches_tracked')}
+  layout = _layout_of(list(state_dict), variant, source)
   arrays, unknown = {}, []
   for torch_key, value in state_dict.items():
-    torch_key = torch_key.removeprefix('module.')
-    if torch_key.endswith('.num_batches_tracked'):
-      continue
-    key = _flax_key(torch_key, value.ndim)
+    key = _flax_key(torch_key, value.ndim, layout)
     if key is None:
       unknown.append(torch_key)
-      continue
-    value = np.asarray(value, np.float32)
-    if value.ndim == 4:
-      value = value.transpose(2, 3, 1, 0)  # OIHW -> HWIO
-    elif value.ndim == 2:
-      value = value.T  # [out, in] -> [in, out]
-    arrays[key] = np.ascontiguousarray(value)
+    else:
+      arrays[key] = _to_flax_layout(key, value, layout)
   if unknown:
-    raise WeightsMismatchError(f'{source} has keys that are no torchvision ResNet '
+    raise WeightsMismatchError(f'{source} has keys that are no torchvision {layout.family} '
                                f'parameters (unexpected keys): {sorted(unknown)}.')
-  found = infer_variant(list(arrays), source)
+  try:
+    found = layout.variant(list(arrays))
+    weights = BackboneWeights(found, arrays)
+    options = weights.options
+  except ValueError as e:
+    raise WeightsMismatchError(f'{source} {e}') from e
   if variant is not None and variant != found:
     raise WeightsMismatchError(f'{source} holds a {found}, not the requested {variant}.')
-  if 'params/conv1/kernel' not in arrays:  # it gives the width
-    raise WeightsMismatchError(f'{source} has no stem conv (missing keys: conv1.weight).')
-  weights = BackboneWeights(found, arrays)
-  model = create_resnet(found, width=weights.width, num_classes=weights.num_classes)
+  model = weights.create_model()
   shapes = jax.eval_shape(
       lambda: model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)), train=False))
-  check_arrays(arrays, _flatten(shapes), source,
-               f'a {found} of width {weights.width}')
+  described = ', '.join(f'{k} {v}' for k, v in options.items() if v is not None)
+  check_arrays(arrays, _flatten(shapes), source, f'a {found} of {described}')
   return weights
 
 
@@ -289,6 +312,9 @@ def load_weights(path: str, variant: str | None = None) -> BackboneWeights:
     raise UserError(f'{path} has no {VARIANT_KEY!r} entry: it was not written by '
                     'clan_jax.tools.convert_weights.')
   weights = BackboneWeights(str(arrays.pop(VARIANT_KEY)), arrays)
+  if weights.variant not in backbones.BACKBONES:
+    raise UserError(f'{path} holds a {weights.variant}, which is no registered backbone '
+                     f'({tuple(backbones.BACKBONES)}).')
   if variant is not None and variant != weights.variant:
     raise WeightsMismatchError(f'{path} holds a {weights.variant}, not the requested {variant}.')
   return weights
@@ -332,10 +358,11 @@ def initialize(state: TrainState, config: ml_collections.ConfigDict) -> TrainSta
       raise WeightsMismatchError(
           f'{source} holds a {weights.variant} backbone, but '
           f'config.model.backbone={config.model.backbone!r}.')
+    classifier = weights.spec.torchvision.classifier
     arrays = {}
     for key, value in weights.arrays.items():
-      if not key.startswith(_FC):  # CLAN has its own heads
-        kind, rest = key.split('/', 1)
+      kind, rest = key.split('/', 1)
+      if rest.split('/')[0] != classifier:  # CLAN has its own heads
         arrays[f'{kind}/{_BACKBONE}/{rest}'] = value
     expected = {k: v for k, v in expected.items() if k.split('/')[1] == _BACKBONE}
     target = (f'the {config.model.backbone} backbone of width '

@@ -13,13 +13,13 @@ from typing import Any
 from flax import traverse_util
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 from jax.sharding import Mesh
 import ml_collections
 import tensorflow as tf
 
 from clan_jax import checkpointing, models, sharding
-from clan_jax.training import optimizer
-from clan_jax.training.train_state import TrainState, abstract_train_state
+from clan_jax.training.train_state import TrainState, abstract_variables
 from clan_jax.user_errors import MissingFileError, UserError
 
 CONFIG_FILE = 'config.json'
@@ -83,7 +83,10 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
   if not tf.io.gfile.exists(path):
     raise MissingFileError(f'{path} not found: {workdir} is not a train.py workdir.')
   with tf.io.gfile.GFile(path) as f:
-    return ml_collections.ConfigDict(json.load(f))
+    config = ml_collections.ConfigDict(json.load(f))
+  # Older workdirs lack the model fields added since; their defaults rebuild them.
+  config.model = models.with_added_fields(config.model)
+  return config
 
 
 def load(workdir: str, *, step: int | None = None, mesh: Mesh | None = None
@@ -97,9 +100,6 @@ def load(workdir: str, *, step: int | None = None, mesh: Mesh | None = None
     class_names = json.load(f)
   mesh = sharding.create_mesh(ml_collections.ConfigDict({'data': -1})) if mesh is None else mesh
   model = models.create_model(config.model, len(class_names))
-  # The optimizer state must match the checkpoint's structure to restore it;
-  # the schedule's lengths do not change that structure.
-  tx, _ = optimizer.create_optimizer(config, steps_per_epoch=1, total_steps=1)
   checkpoint_dir = os.path.join(workdir, CHECKPOINT_DIR)
   if step is not None and not tf.io.gfile.exists(os.path.join(checkpoint_dir, str(step))):
     names = tf.io.gfile.listdir(checkpoint_dir) if tf.io.gfile.exists(checkpoint_dir) else []
@@ -108,9 +108,13 @@ def load(workdir: str, *, step: int | None = None, mesh: Mesh | None = None
                            f'steps are {saved}.')
   checkpointer = checkpointing.Checkpointer(
       checkpoint_dir, save_every_steps=1, max_to_keep=None)
-  state = checkpointer.restore(
-      abstract_train_state(model, tx, config.image_size, mesh), step)
+  # Only the model's variables and the step are read, so no optimizer is
+  # built and a workdir stays loadable whatever the optimizer config becomes.
+  variables = abstract_variables(model, config.image_size, mesh)
+  restored = checkpointer.restore(
+      {'step': jax.ShapeDtypeStruct((), jnp.int32, sharding=sharding.replicated(mesh)),
+       **variables}, step, partial=True)
   checkpointer.close()
   return TrainedModel(config=config, model=model,
-                      variables={'params': state.params, 'batch_stats': state.batch_stats},
-                      class_names=class_names, step=int(state.step), mesh=mesh)
+                      variables={k: restored[k] for k in variables},
+                      class_names=class_names, step=int(restored['step']), mesh=mesh)

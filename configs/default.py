@@ -9,16 +9,26 @@ import ml_collections
 def get_model_config() -> ml_collections.ConfigDict:
   """CLAN model fields. Every field marked 'choice' is not fixed by the paper."""
   m = ml_collections.ConfigDict()
-  m.backbone = 'resnet50'  # resnet18 | resnet34 | resnet50 | resnet101 | resnet152
-  # Channels of the stem; torchvision's is 64. Smaller values give tiny test models.
+  # A name in clan_jax/models/backbones.py: resnet18 | resnet34 | resnet50 |
+  # resnet101 | resnet152 | vgg11 | vgg13 | vgg16 | vgg19 (and vgg*_bn).
+  m.backbone = 'resnet50'
+  # Channels of the first conv; torchvision's is 64. Smaller values give tiny test models.
   m.backbone_width = 64
-  # Zero-init the last BatchNorm scale of every residual block (torchvision: off).
+  # The backbone's own options (its BackboneSpec.options), e.g. VGG's stage_output.
+  m.backbone_options = ml_collections.ConfigDict()
+  # Zero-init the last BatchNorm scale of every residual block (torchvision: off). ResNets only.
   m.zero_init_residual = False
+  # The stage giving the top-level map L_N; None: the backbone's (ResNet: layer4).
+  m.top_stage = ml_collections.FieldReference(None, field_type=str)
   # Backbone stages whose outputs are the mid-level maps L_s ("2-scale": layer2, layer3).
   m.mid_level_taps = ('layer2', 'layer3')
   # Ablation switches: both off = plain backbone with one classifier on L_N.
   m.use_clca = True
   m.use_clsa = True
+  # The mid- and top-level blocks, names in clan_jax/models/blocks.py; each
+  # takes its options from the group of its name below.
+  m.mid_block = 'clca'
+  m.top_block = 'clsa'
 
   m.clca = ml_collections.ConfigDict()
   m.clca.normalization = 'softmax'  # choice: softmax over keys | mean (divide by H_s*W_s)

@@ -7,6 +7,7 @@ new layers (CLCA, CLSA, heads) at 10x the backbone's learning rate.
 """
 import ml_collections
 
+from clan_jax.models import backbones
 from configs import default
 
 
@@ -32,3 +33,22 @@ def get_config(dataset: str) -> ml_collections.ConfigDict:
   config.eval_every_epochs = 10.0
   config.checkpoint_every_steps = 1000
   return config
+
+
+def set_backbone(config: ml_collections.ConfigDict, backbone: str, scales: int,
+                 **backbone_options) -> None:
+  """CLAN `scales`-scale on `backbone` (a name in clan_jax/models/backbones.py).
+
+  The taps are the backbone's defaults for that many scales (its
+  BackboneSpec.taps); every branch weighs 1.
+  """
+  spec = backbones.get(backbone)
+  if scales not in spec.taps:
+    raise ValueError(f'{backbone} has taps for {sorted(spec.taps)} scales, not {scales}.')
+  config.model.backbone = backbone
+  config.model.backbone_options = ml_collections.ConfigDict(backbone_options)
+  if 'zero_init_residual' not in spec.options:  # VGG has no residual blocks
+    config.model.zero_init_residual = False
+  config.model.mid_level_taps = spec.taps[scales]
+  config.branch_weights = ml_collections.ConfigDict(
+      {**{tap: 1.0 for tap in spec.taps[scales]}, 'top': 1.0, 'refined': 1.0})

@@ -1,6 +1,7 @@
 """Evaluation, prediction, attention maps and export of a trained workdir."""
 import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -10,11 +11,11 @@ import numpy as np
 from PIL import Image
 import pytest
 
-from clan_jax import attention_maps, predict, trained_model
+from clan_jax import attention_maps, models, predict, trained_model
 from clan_jax.data import input_pipeline, synthetic
 from clan_jax.evaluate import evaluate
 from clan_jax.models.attention import spatial_attention
-from clan_jax.training import trainer
+from clan_jax.training import optimizer, trainer
 from configs import test as test_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -106,6 +107,46 @@ def test_flip_tta_is_the_mean_over_both_predictions(trained):
   assert tta['loss'] == pytest.approx(float(loss), rel=1e-5)
   with pytest.raises(FileNotFoundError, match=r'No checkpoint of step 3 .* steps are \[.*16\]'):
     evaluate(workdir, step=3)
+
+
+def test_a_changed_optimizer_config_still_loads_and_evaluates(trained, tmp_path, monkeypatch):
+  """Loading reads only the variables: no optimizer is built, none has to match."""
+  workdir, train_results = trained
+  copy = str(tmp_path / 'workdir')
+  shutil.copytree(workdir, copy)
+  with open(os.path.join(copy, trained_model.CONFIG_FILE)) as f:
+    config = json.load(f)
+  # Each of these changes the optax chain, and so the saved opt_state's structure.
+  config.update(momentum=0.0, nesterov=True, grad_accum_steps=4,
+                weight_decay_mode='decoupled', grad_clip_norm=1.0)
+  with open(os.path.join(copy, trained_model.CONFIG_FILE), 'w') as f:
+    json.dump(config, f)
+  def no_optimizer(*args, **kwargs):
+    raise AssertionError('loading a trained model built an optimizer')
+  monkeypatch.setattr(optimizer, 'create_optimizer', no_optimizer)
+  results = evaluate(copy, overrides={'mesh': {'data': 1}, 'eval_batch_size': 6})
+  assert results['step'] == 16
+  assert results['metrics']['no_tta']['top1_combined'] == train_results['top1_combined']
+
+
+def test_a_workdir_from_before_the_registries_still_loads_and_resumes(trained, tmp_path):
+  """config.json without the model fields added since (ADDED_FIELD_DEFAULTS)."""
+  workdir, _ = trained
+  copy = str(tmp_path / 'workdir')
+  shutil.copytree(workdir, copy)
+  with open(os.path.join(copy, trained_model.CONFIG_FILE)) as f:
+    config = json.load(f)
+  for field in models.ADDED_FIELD_DEFAULTS:
+    del config['model'][field]
+  with open(os.path.join(copy, trained_model.CONFIG_FILE), 'w') as f:
+    json.dump(config, f)
+  loaded = trained_model.load(copy)
+  assert loaded.config.model.mid_block == 'clca' and loaded.config.model.top_stage is None
+  assert {'clca_layer2', 'clsa_layer3'} <= set(loaded.variables['params'])
+  # Resuming it with today's config of the same model is not "another model".
+  current = test_config.get_config()
+  current.data_dir = config['data_dir']
+  trained_model.check_same_model(copy, current)
 
 
 def test_predict_agrees_with_the_evaluation_path(trained, tmp_path):

@@ -1,14 +1,18 @@
 """Shapes, equations and switches of the ResNet backbone, CLCA, CLSA and CLAN."""
 import functools
+from typing import Any
 
+from absl import flags
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from ml_collections import config_flags
 import pytest
 
 from clan_jax import models
-from clan_jax.models import attention
-from configs import default
+from clan_jax.models import attention, backbones, blocks, vgg
+from configs import default, vgg16
 
 # torchvision's parameter counts (weights and biases, BatchNorm running stats
 # excluded) with the 1000-class `fc` head.
@@ -18,6 +22,15 @@ TORCHVISION_PARAM_COUNTS = {
     'resnet50': 25_557_032,
     'resnet101': 44_549_160,
     'resnet152': 60_192_808,
+}
+
+
+# torchvision's VGG parameter counts with the 1000-class classifier.
+TORCHVISION_VGG_PARAM_COUNTS = {
+    'vgg11': 132_863_336, 'vgg11_bn': 132_868_840,
+    'vgg13': 133_047_848, 'vgg13_bn': 133_053_736,
+    'vgg16': 138_357_544, 'vgg16_bn': 138_365_992,
+    'vgg19': 143_667_240, 'vgg19_bn': 143_678_248,
 }
 
 
@@ -43,6 +56,36 @@ def test_resnet_matches_torchvision_layout(variant):
   # torchvision state-dict keys map one to one, e.g. layer2.0.downsample.0.weight.
   assert 'downsample_conv' in variables['params']['layer2']['0']
   assert 'downsample_conv' not in variables['params']['layer2']['1']
+
+
+@pytest.mark.parametrize('variant', sorted(TORCHVISION_VGG_PARAM_COUNTS))
+def test_vgg_matches_torchvision_layout(variant):
+  spec = backbones.get(variant)
+  images = jax.ShapeDtypeStruct((2, 448, 448, 3), jnp.float32)
+  for stage_output, strides in (('pooled', (2, 4, 8, 16, 32)), ('conv', (1, 2, 4, 8, 16))):
+    vgg = spec.create(width=64, num_classes=1000, stage_output=stage_output)
+    variables = jax.eval_shape(lambda x: vgg.init(jax.random.key(0), x, train=False),
+                               images)
+    assert _count(variables['params']) == TORCHVISION_VGG_PARAM_COUNTS[variant]
+    features = jax.eval_shape(lambda v, x: vgg.apply(v, x, train=False), variables, images)
+    for stage, stride, channels in zip(spec.stage_names, strides, (64, 128, 256, 512, 512)):
+      assert features[stage].shape == (2, 448 // stride, 448 // stride, channels), stage
+    assert features['logits'].shape == (2, 1000)
+  # torchvision's indices: features.0 conv, (features.1 BN), ..., classifier.0 / 3 / 6.
+  params = variables['params']
+  assert set(params['classifier']) == {'0', '3', '6'}
+  assert ('1' in params['features']) == variant.endswith('_bn')
+  assert ('batch_stats' in variables) == variant.endswith('_bn')
+
+
+def test_adaptive_avg_pool_matches_torch():
+  torch = pytest.importorskip('torch')
+  x = np.random.default_rng(0).normal(size=(2, 10, 13, 3)).astype(np.float32)
+  for size in ((7, 7), (4, 5), (20, 3)):
+    expected = torch.nn.functional.adaptive_avg_pool2d(
+        torch.from_numpy(x.transpose(0, 3, 1, 2)), size).numpy().transpose(0, 2, 3, 1)
+    np.testing.assert_allclose(vgg.adaptive_avg_pool(jnp.asarray(x), size), expected,
+                               rtol=1e-6, atol=1e-6)
 
 
 def _clca_inputs(key, batch=2, mid_hw=8, top_hw=4, mid_c=12, top_c=20):
@@ -271,6 +314,7 @@ def test_bfloat16_compute_keeps_float32_params_statistics_and_logits():
     ('backbone', 'resnet51'), ('mid_level_taps', ('layer4',)),
     ('clca.normalization', 'sigmoid'), ('clsa.kernel_size', 4),
     ('refined_top_merge', 'max'), ('combine', 'vote'), ('dtype', 'int8'),
+    ('top_stage', 'layer5'), ('mid_block', 'non_local'), ('top_block', 'cbam'),
 ])
 def test_bad_model_fields_are_named(field, value):
   config = _tiny_model_config()
@@ -282,3 +326,107 @@ def test_bad_model_fields_are_named(field, value):
   with pytest.raises(ValueError, match=f'config.model.{field}'):
     models.create_model(config, num_classes=3)
 
+
+
+def test_taps_and_backbone_options_are_checked_against_the_backbone():
+  config = _tiny_model_config(mid_level_taps=('layer2', 'layer4'))
+  with pytest.raises(ValueError, match=r"config.model.mid_level_taps='layer4' is not one of "
+                     r"\('layer1', 'layer2', 'layer3'\)"):
+    models.create_model(config, num_classes=3)
+  # A lower top-level map leaves fewer stages below it to tap.
+  config = _tiny_model_config(top_stage='layer3')
+  with pytest.raises(ValueError, match=r"mid_level_taps='layer3' is not one of "
+                     r"\('layer1', 'layer2'\)"):
+    models.create_model(config, num_classes=3)
+  config = _tiny_model_config()
+  config.backbone_options = {'stage_output': 'conv'}
+  with pytest.raises(ValueError, match=r"config.model.backbone_options.stage_output is not an "
+                     r"option of resnet18; its options: \('zero_init_residual',\)"):
+    models.create_model(config, num_classes=3)
+
+
+def test_top_stage_chooses_the_top_level_map():
+  config = _tiny_model_config(top_stage='layer3', mid_level_taps=('layer1', 'layer2'))
+  model = models.create_model(config, num_classes=3)
+  variables = jax.eval_shape(
+      lambda x: model.init(jax.random.key(0), x, train=False), jnp.zeros((1, 64, 64, 3)))
+  # L_N is layer3's map (4 * width channels), so the top head reads 16 channels.
+  assert variables['params']['head_top']['fc']['kernel'].shape == (16, 3)
+  assert {'clca_layer1', 'clsa_layer2'} <= set(variables['params'])
+
+
+class _GatedMid(nn.Module):
+  """A stand-in mid-level block: L_s * sigmoid(a) with one learned scalar a."""
+
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, mid, top, train):
+    del top, train
+    gate = self.param('gate', nn.initializers.zeros, (), self.param_dtype)
+    return mid * jax.nn.sigmoid(gate)
+
+
+def test_a_registered_block_replaces_clca_by_name(monkeypatch):
+  monkeypatch.setitem(blocks.MID_LEVEL_BLOCKS, 'gated', _GatedMid)
+  config = _tiny_model_config(mid_block='gated')
+  config.gated = {}
+  model = models.create_model(config, num_classes=3)
+  images = jnp.ones((1, 64, 64, 3))
+  variables = model.init(jax.random.key(0), images, train=False)
+  assert {'gated_layer2', 'gated_layer3', 'clsa_layer2', 'head_layer2'} <= set(
+      variables['params'])
+  assert not any(name.startswith('clca') for name in variables['params'])
+  assert model.apply(variables, images, train=False)['combined'].shape == (1, 3)
+
+
+@pytest.mark.parametrize('scales,taps', [(2, ('block3', 'block4')),
+                                         (3, ('block2', 'block3', 'block4'))])
+def test_clan_on_vgg16(scales, taps):
+  """configs/vgg16.py's model at width 4: VGG's blocks as taps, block5 as L_N."""
+  config = vgg16.get_config(f'cub,{scales}').model
+  config.backbone_width = 4
+  assert tuple(config.mid_level_taps) == taps
+  model = models.create_model(config, num_classes=5)
+  images = jax.random.normal(jax.random.key(0), (2, 64, 64, 3))
+  variables = model.init(jax.random.key(1), images, train=False)
+  assert set(variables['params']) == {
+      'backbone', *(f'{block}_{tap}' for block in ('clca', 'clsa', 'head') for tap in taps),
+      'head_top', 'head_refined'}
+  assert 'backbone' not in variables['batch_stats']  # vgg16 has no BatchNorm
+  outputs = model.apply(variables, images, train=False)
+  assert tuple(outputs['branches']) == (*taps, 'top', 'refined')
+  for logits in outputs['branches'].values():
+    assert logits.shape == (2, 5)
+  # L_N is block5's pooled map (8 * width channels); refined concatenates one per tap.
+  assert variables['params']['head_top']['fc']['kernel'].shape == (32, 5)
+  assert variables['params']['head_refined']['fc']['kernel'].shape == (32 * scales, 5)
+  widths = {'block2': 8, 'block3': 16, 'block4': 32}
+  for tap in taps:  # CLCA's inner width is half the tap's channels
+    assert variables['params'][f'clca_{tap}']['w_k']['kernel'].shape == (
+        1, 1, widths[tap], widths[tap] // 2)
+
+
+def test_vgg_without_residual_blocks_refuses_zero_init_residual():
+  config = vgg16.get_config('cub,2').model
+  config.zero_init_residual = True
+  with pytest.raises(ValueError, match=r"config.model.zero_init_residual=True needs a "
+                     r"residual backbone; config.model.backbone='vgg16' has none"):
+    models.create_model(config, num_classes=3)
+
+
+def test_vgg16_config_file_takes_dataset_and_scales_on_the_command_line():
+  """`--config=configs/vgg16.py:DATASET,SCALES[,bn]`, as train.py parses it."""
+  flag_values = flags.FlagValues()
+  config_flags.DEFINE_config_file('config', flag_values=flag_values, lock_config=True)
+  flag_values(['train.py', '--config=configs/vgg16.py:aircraft,3,bn'])
+  config = flag_values.config
+  assert config.dataset == 'fgvc_aircraft' and config.train_split == 'trainval'
+  assert config.model.backbone == 'vgg16_bn' and config.image_size == 448
+  assert tuple(config.model.mid_level_taps) == ('block2', 'block3', 'block4')
+  assert set(config.branch_weights) == {'block2', 'block3', 'block4', 'top', 'refined'}
+  assert config.model.backbone_options.stage_output == 'pooled'
+  models.validate_model_config(config.model)
+  with pytest.raises(ValueError, match=r'configs/vgg16.py:cub,4: expected DATASET,SCALES'):
+    vgg16.get_config('cub,4')

@@ -13,11 +13,13 @@ import safetensors.torch
 import torch
 
 from clan_jax import checkpointing, models, pretrained, sharding, trained_model
+from clan_jax.models import vgg
 from clan_jax.models.resnet import STAGE_NAMES
 from clan_jax.training import optimizer, steps, trainer
 from clan_jax.training.train_state import abstract_train_state, create_train_state
+from configs import fine_grained
 from configs import test as test_config
-from tests import torch_resnet
+from tests import torch_resnet, torch_vgg
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Relative error max|flax - torch| / max|torch| per output, float32 on both sides.
@@ -79,10 +81,7 @@ def _abstract_state(config, num_classes=4):
 def test_converted_weights_reproduce_torch_stages_and_logits(variant, tmp_path):
   """Full-width torchvision architectures, random weights and BN statistics."""
   model = torch_resnet.resnet(variant, width=64, num_classes=10)
-  paths = _save(model.state_dict(), str(tmp_path), variant)
-  converted = {suffix: pretrained.load_weights(path) for suffix, path in paths.items()}
-  pretrained.save_npz(str(tmp_path / 'w.npz'), converted['pth'])
-  converted['npz'] = pretrained.load_weights(str(tmp_path / 'w.npz'))
+  converted = _converted(model.state_dict(), str(tmp_path), variant)
   for weights in converted.values():
     assert weights.variant == variant and weights.width == 64 and weights.num_classes == 10
     assert weights.arrays.keys() == converted['pth'].arrays.keys()
@@ -100,13 +99,101 @@ def test_converted_weights_reproduce_torch_stages_and_logits(variant, tmp_path):
     for source, weights in converted.items():
       with jax.default_matmul_precision('highest'):
         outputs = jax.device_get(apply(weights.variables(), images))
-      for name in (*STAGE_NAMES, 'logits'):
-        reference = expected[name].numpy()
-        if reference.ndim == 4:
-          reference = reference.transpose(0, 2, 3, 1)  # NCHW -> NHWC
-        assert outputs[name].shape == reference.shape, name
-        error = np.abs(outputs[name] - reference).max() / np.abs(reference).max()
-        assert error < PARITY_RTOL, (source, resolution, name, error)
+      _assert_parity(outputs, expected, (*STAGE_NAMES, 'logits'), (source, resolution))
+
+
+def _assert_parity(outputs, expected, names, context):
+  """Each named Flax output [B, h, w, C] within PARITY_RTOL of PyTorch's [B, C, h, w]."""
+  for name in names:
+    reference = expected[name].numpy()
+    if reference.ndim == 4:
+      reference = reference.transpose(0, 2, 3, 1)  # NCHW -> NHWC
+    assert outputs[name].shape == reference.shape, (context, name)
+    error = np.abs(outputs[name] - reference).max() / np.abs(reference).max()
+    assert error < PARITY_RTOL, (context, name, error)
+
+
+def _converted(state_dict, directory, name):
+  """`state_dict` saved as .pth and .safetensors, each converted; also the .npz round trip."""
+  paths = _save(state_dict, directory, name)
+  converted = {suffix: pretrained.load_weights(path) for suffix, path in paths.items()}
+  npz = os.path.join(directory, f'{name}.npz')
+  pretrained.save_npz(npz, converted['pth'])
+  converted['npz'] = pretrained.load_weights(npz)
+  return converted
+
+
+@pytest.mark.parametrize('variant', ['vgg16', 'vgg16_bn'])
+def test_converted_vgg_reproduces_torch_stages_and_logits(variant, tmp_path):
+  """VGG-16 at width 32 (torchvision: 64) with a 64-wide classifier (4096), random
+  weights and BN statistics; both stage-map choices."""
+  model = torch_vgg.vgg(16, variant.endswith('_bn'), width=32, num_classes=10,
+                        classifier_width=64)
+  converted = _converted(model.state_dict(), str(tmp_path), variant)
+  for weights in converted.values():
+    assert weights.variant == variant
+    assert weights.options == {'width': 32, 'num_classes': 10, 'classifier_width': 64}
+  # 97 is odd all the way down (48, 24, 12, 6, 3): floored pools, a repeating 7x7 pool.
+  for resolution in (64, 97):
+    images = np.random.default_rng(resolution).normal(
+        size=(2, resolution, resolution, 3)).astype(np.float32)
+    with torch.no_grad():
+      expected = model(torch.from_numpy(images.transpose(0, 3, 1, 2)))
+    for stage_output in ('pooled', 'conv'):
+      flax_model = converted['pth'].create_model(stage_output=stage_output)
+      for source, weights in converted.items():
+        with jax.default_matmul_precision('highest'):
+          outputs = jax.device_get(jax.jit(
+              lambda v, x: flax_model.apply(v, x, train=False))(weights.variables(), images))
+        _assert_parity(outputs, {**expected[stage_output], 'logits': expected['logits']},
+                       (*vgg.STAGE_NAMES, 'logits'), (source, resolution, stage_output))
+
+
+def test_vgg_keys_and_variants_are_checked(tmp_path):
+  state_dict = _numpy_state_dict(torch_vgg.vgg(16, True, width=4, num_classes=3,
+                                               classifier_width=8).state_dict())
+  with pytest.raises(pretrained.WeightsMismatchError,
+                     match='holds a vgg16_bn, not the requested vgg16'):
+    pretrained.convert_state_dict(state_dict, variant='vgg16')
+  missing = {k: v for k, v in state_dict.items() if k != 'features.1.running_var'}
+  with pytest.raises(pretrained.WeightsMismatchError,
+                     match=r'(?s)missing keys \(1\).*batch_stats/features/1/var'):
+    pretrained.convert_state_dict(missing)
+  # A conv moved by one index (a layout that is not torchvision's).
+  shifted = {k.replace('features.40.', 'features.39.'): v for k, v in state_dict.items()}
+  with pytest.raises(pretrained.WeightsMismatchError,
+                     match=r'(?s)unexpected keys.*params/features/39/kernel'):
+    pretrained.convert_state_dict(shifted)
+  one_conv_short = {k: v for k, v in state_dict.items() if not k.startswith('features.40.')}
+  with pytest.raises(pretrained.WeightsMismatchError,
+                     match=r'no torchvision VGG: 12 convs in `features`; known: vgg11 8'):
+    pretrained.convert_state_dict(one_conv_short)
+  with pytest.raises(pretrained.WeightsMismatchError,
+                     match=r'is no torchvision state dict of ResNet or VGG'):
+    pretrained.convert_state_dict({'stem.weight': np.zeros((4, 3, 3, 3), np.float32)})
+  # Without the classifier (a feature extractor's state dict) it converts as well.
+  features_only = {k: v for k, v in state_dict.items() if k.startswith('features.')}
+  weights = pretrained.convert_state_dict(features_only)
+  assert weights.options == {'width': 4, 'num_classes': None}
+
+
+def test_clan_on_vgg16_starts_from_converted_weights(tmp_path):
+  config = test_config.get_config()
+  fine_grained.set_backbone(config, 'vgg16_bn', 2)
+  model, tx, _, mesh = _setup(config)
+  state = create_train_state(model, tx, jax.random.key(0), config.image_size, mesh)
+  torch_model = torch_vgg.vgg(16, True, width=4, num_classes=3, classifier_width=8)
+  paths = _save(torch_model.state_dict(), str(tmp_path), 'vgg16_bn_w4')
+  config.init.backbone_weights = paths['safetensors']
+  state = pretrained.initialize(state, config)
+  images = np.random.default_rng(0).normal(size=(2, 32, 32, 3)).astype(np.float32)
+  _, intermediates = model.apply(
+      {'params': state.params, 'batch_stats': state.batch_stats}, images, train=False,
+      capture_intermediates=True, mutable=['intermediates'])
+  features = intermediates['intermediates']['backbone']['__call__'][0]
+  with torch.no_grad():
+    expected = torch_model(torch.from_numpy(images.transpose(0, 3, 1, 2)))
+  _assert_parity(features, expected['pooled'], vgg.STAGE_NAMES, 'CLAN backbone')
 
 
 def test_command_line_converts_a_pth(tiny, tmp_path):

@@ -13,6 +13,7 @@ from clan_jax import checkpointing, models, sharding, trained_model
 from clan_jax.data import input_pipeline
 from clan_jax.training import losses, optimizer, steps, trainer
 from clan_jax.training.train_state import create_train_state
+from configs import fine_grained
 from configs import test as test_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -244,3 +245,27 @@ def test_train_py_trains_then_resumes(data_dir, tmp_path):
   typo = subprocess.run(command + ['--config.batchsize=4'], cwd=REPO,
                         capture_output=True, text=True, timeout=600)
   assert typo.returncode != 0 and 'batchsize' in typo.stderr
+
+
+@pytest.mark.parametrize('scales,blocks,branches', [
+    (2, True, ('block3', 'block4', 'top', 'refined')),
+    (3, True, ('block2', 'block3', 'block4', 'top', 'refined')),
+    # The plain VGG-16 baseline has no BatchNorm anywhere: no batch_stats at all.
+    (2, False, ('top',)),
+])
+def test_clan_on_vgg16_trains_and_evaluates(data_dir, tmp_path, scales, blocks, branches):
+  """configs/test.py on VGG-16 (width 4) with configs/vgg16.py's taps, end to end."""
+  config = _config(data_dir, num_train_steps=2)
+  fine_grained.set_backbone(config, 'vgg16', scales, stage_output='pooled')
+  config.model.use_clca = config.model.use_clsa = blocks
+  if not blocks:
+    config.branch_weights = {'top': 1.0}
+  results = trainer.train_and_evaluate(config, str(tmp_path))
+  for branch in (*branches, 'combined'):
+    assert 0.0 <= results[f'top1_{branch}'] <= 1.0, branch
+  assert np.isfinite(results['loss'])
+  restored = trained_model.load(str(tmp_path))
+  assert restored.step == 2 and restored.config.model.backbone == 'vgg16'
+  assert set(restored.variables['params']) == {
+      'backbone', *(f'head_{b}' for b in branches),
+      *(f'{block}_{tap}' for block in ('clca', 'clsa') for tap in branches[:-2] if blocks)}

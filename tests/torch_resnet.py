@@ -111,6 +111,12 @@ def resnet(variant: str, width: int = 64, num_classes: int = 1000, seed: int = 0
   block = Bottleneck if flax_block.expansion == 4 else BasicBlock
   torch.manual_seed(seed)
   model = ResNet(block, stage_sizes, width, num_classes)
+  randomize_batch_norm(model, seed)
+  return model.eval()
+
+
+def randomize_batch_norm(model: nn.Module, seed: int) -> None:
+  """Random scale, bias, running mean and running variance for every BatchNorm2d."""
   generator = torch.Generator().manual_seed(seed)
   with torch.no_grad():
     for module in model.modules():
@@ -120,4 +126,3 @@ def resnet(variant: str, width: int = 64, num_classes: int = 1000, seed: int = 0
         module.bias.copy_(0.2 * torch.randn(shape, generator=generator))
         module.running_mean.copy_(0.2 * torch.randn(shape, generator=generator))
         module.running_var.copy_(0.5 + torch.rand(shape, generator=generator))
-  return model.eval()

@@ -1,4 +1,4 @@
-"""The CLAN classifier: a ResNet backbone, CLCA and CLSA blocks, four branches."""
+"""The CLAN classifier: a registered backbone, mid- and top-level blocks, four branches."""
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -6,16 +6,12 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from clan_jax.models import remat
-from clan_jax.models.clca import CLCA
-from clan_jax.models.clsa import CLSA
-from clan_jax.models.resnet import create_resnet
+from clan_jax.models import backbones, blocks, remat
 
 Dtype = Any
 
 TOP_BRANCH = 'top'
 REFINED_BRANCH = 'refined'
-MID_LEVEL_STAGES = ('layer1', 'layer2', 'layer3')
 COMBINE_MODES = ('mean_softmax', 'sum_logits')
 MERGE_MODES = ('concat', 'sum')
 
@@ -50,15 +46,20 @@ class CLAN(nn.Module):
   With both switches off it is the plain backbone with one classifier on L_N
   (the paper's baseline); `use_clca` adds L̂_s = CLCA(L_s, L_N) and its
   branches; `use_clsa` adds L̂_N from CLSA(L̂_s, L_N) (L_s when CLCA is off)
-  and its branch.
+  and its branch. CLCA and CLSA are the default mid- and top-level blocks;
+  others come from models/blocks.py by name.
 
   Attributes:
     num_classes: classes of every branch.
-    backbone: a torchvision ResNet name; its params live under 'backbone'.
+    backbone: a name in models/backbones.py; its params live under 'backbone'.
+    backbone_width: channels of the backbone's first conv (torchvision: 64).
+    backbone_options: the backbone's own attributes (its spec's `options`).
+    top_stage: the stage giving L_N; None: the backbone's default.
     mid_level_taps: stages giving the mid-level maps L_s.
-    clca_options, clsa_options: attributes of every CLCA / CLSA block.
-    refined_top_merge: how per-scale CLSA outputs form L̂_N: 'concat' on
-      channels (choice) or 'sum'.
+    mid_block, top_block: names in models/blocks.py (choice: 'clca', 'clsa').
+    mid_block_options, top_block_options: attributes of every such block.
+    refined_top_merge: how per-scale top-level block outputs form L̂_N:
+      'concat' on channels (choice) or 'sum'.
     combine: the final prediction, 'mean_softmax' over branches (choice) or
       'sum_logits'.
     remat, remat_policy: which modules recompute their activations in the
@@ -68,12 +69,15 @@ class CLAN(nn.Module):
   num_classes: int
   backbone: str = 'resnet50'
   backbone_width: int = 64
-  zero_init_residual: bool = False
+  backbone_options: Mapping[str, Any] = nn.FrozenDict()
+  top_stage: str | None = None
   mid_level_taps: Sequence[str] = ('layer2', 'layer3')
   use_clca: bool = True
   use_clsa: bool = True
-  clca_options: Mapping[str, Any] = nn.FrozenDict()
-  clsa_options: Mapping[str, Any] = nn.FrozenDict()
+  mid_block: str = 'clca'
+  top_block: str = 'clsa'
+  mid_block_options: Mapping[str, Any] = nn.FrozenDict()
+  top_block_options: Mapping[str, Any] = nn.FrozenDict()
   refined_top_merge: str = 'concat'
   combine: str = 'mean_softmax'
   remat: str = 'none'
@@ -90,26 +94,31 @@ class CLAN(nn.Module):
        'combined': [B, K] float32 scores whose argmax is the prediction (mean
        of the branches' softmax probabilities, or the sum of their logits)}.
     """
-    features = create_resnet(
-        self.backbone, width=self.backbone_width,
-        zero_init_residual=self.zero_init_residual,
-        remat_policy=self.remat_policy if remat.remats_stages(self.remat) else None,
-        dtype=self.dtype, param_dtype=self.param_dtype, name='backbone')(images, train)
-    top = features['layer4']
+    spec = backbones.get(self.backbone)
+    # Only backbones whose spec says so can rematerialise their stages.
+    stage_remat = ({'remat_policy': self.remat_policy}
+                   if remat.remats_stages(self.remat) else {})
+    features = spec.create(
+        width=self.backbone_width, dtype=self.dtype, param_dtype=self.param_dtype,
+        name='backbone', **self.backbone_options, **stage_remat)(images, train)
+    top = features[self.top_stage or spec.top_stage]
     mids = {tap: features[tap] for tap in self.mid_level_taps}
     branches = {}
     if self.use_clca:
-      clca_cls = (remat.wrap(CLCA, self.remat_policy, static_argnums=(3,))
-                  if remat.remats_clca(self.remat) else CLCA)
-      mids = {tap: clca_cls(**self.clca_options, dtype=self.dtype,
-                        param_dtype=self.param_dtype, name=f'clca_{tap}')(
-                            mid, top, train)
+      mid_block = blocks.MID_LEVEL_BLOCKS[self.mid_block]
+      if remat.remats_clca(self.remat):
+        mid_block = remat.wrap(mid_block, self.remat_policy, static_argnums=(3,))
+      mids = {tap: mid_block(**self.mid_block_options, dtype=self.dtype,
+                             param_dtype=self.param_dtype,
+                             name=f'{self.mid_block}_{tap}')(mid, top, train)
               for tap, mid in mids.items()}
       branches.update({tap: self._head(tap)(mid) for tap, mid in mids.items()})
     branches[TOP_BRANCH] = self._head(TOP_BRANCH)(top)
     if self.use_clsa:
-      refined = [CLSA(**self.clsa_options, dtype=self.dtype,
-                      param_dtype=self.param_dtype, name=f'clsa_{tap}')(mid, top, train)
+      top_block = blocks.TOP_LEVEL_BLOCKS[self.top_block]
+      refined = [top_block(**self.top_block_options, dtype=self.dtype,
+                           param_dtype=self.param_dtype,
+                           name=f'{self.top_block}_{tap}')(mid, top, train)
                  for tap, mid in mids.items()]
       if self.refined_top_merge == 'concat':
         refined_top = jnp.concatenate(refined, axis=-1)

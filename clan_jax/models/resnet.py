@@ -7,6 +7,7 @@ Flax's 'SAME' does not do on stride-2 layers), so torchvision or timm ImageNet
 weights reproduce torchvision's outputs exactly.
 """
 from collections.abc import Sequence
+import re
 from typing import Any, ClassVar
 
 import flax.linen as nn
@@ -190,4 +191,45 @@ def create_resnet(variant: str, **kwargs) -> ResNet:
                      f'expected one of {sorted(RESNET_VARIANTS)}.')
   stage_sizes, block_cls = RESNET_VARIANTS[variant]
   return ResNet(stage_sizes=stage_sizes, block_cls=block_cls, **kwargs)
+
+
+# --- torchvision state dicts (see clan_jax/pretrained.py) ------------------------------
+
+
+def torchvision_module_path(modules: list[str]) -> list[str]:
+  """torchvision's `downsample.0` / `.1` (an nn.Sequential) are our downsample_conv / _bn."""
+  if modules[-2:] in (['downsample', '0'], ['downsample', '1']):
+    return modules[:-2] + ['downsample_conv' if modules[-1] == '0' else 'downsample_bn']
+  return modules
+
+
+def torchvision_variant(keys: Sequence[str]) -> str:
+  """The RESNET_VARIANTS name of flat Flax keys: block type from conv3, depth from block counts.
+
+  Raises a ValueError whose message is a predicate ('is no torchvision ResNet: ...').
+  """
+  blocks = [set() for _ in STAGE_NAMES]
+  for key in keys:
+    match = re.match(r'params/layer(\d)/(\d+)/', key)
+    if match and 1 <= int(match[1]) <= len(STAGE_NAMES):
+      blocks[int(match[1]) - 1].add(int(match[2]))
+  stage_sizes = tuple(len(b) for b in blocks)
+  bottleneck = any(re.match(r'params/layer\d/\d+/conv3/', key) for key in keys)
+  for name, (sizes, block_cls) in RESNET_VARIANTS.items():
+    if tuple(sizes) == stage_sizes and (block_cls is Bottleneck) == bottleneck:
+      return name
+  raise ValueError(
+      f'is no torchvision ResNet: {stage_sizes} '
+      f'{"bottleneck" if bottleneck else "basic"} blocks per stage; known: '
+      + ', '.join(f'{n} {tuple(s)} {c.__name__}' for n, (s, c) in RESNET_VARIANTS.items())
+      + '.')
+
+
+def torchvision_options(arrays: dict[str, Any]) -> dict[str, Any]:
+  """`width` and `num_classes` (None without `fc`) of converted flat Flax arrays."""
+  if 'params/conv1/kernel' not in arrays:
+    raise ValueError('has no stem conv (missing keys: conv1.weight).')
+  fc_bias = arrays.get('params/fc/bias')
+  return {'width': arrays['params/conv1/kernel'].shape[-1],
+          'num_classes': None if fc_bias is None else fc_bias.shape[0]}
 

@@ -1,19 +1,22 @@
-"""Converts a torchvision / timm ResNet checkpoint to a `.npz` for config.init.backbone_weights.
+"""Converts a torchvision / timm backbone checkpoint to a `.npz` for config.init.backbone_weights.
 
   python -m clan_jax.tools.convert_weights --src=resnet50.pth --out=resnet50.npz
   python -m clan_jax.tools.convert_weights --src=model.safetensors --out=r50.npz --variant=resnet50
+  python -m clan_jax.tools.convert_weights --src=vgg16_bn.pth --out=vgg16_bn.npz
 
 `.safetensors` needs no PyTorch; `.pth` does, and is read with
-torch.load(weights_only=True). See clan_jax/pretrained.py for the mapping.
+torch.load(weights_only=True). Any backbone of clan_jax/models/backbones.py
+converts (ResNets, VGGs); see clan_jax/pretrained.py for the mapping.
 """
 from absl import app, flags
 
 from clan_jax import pretrained, user_errors
 
-flags.DEFINE_string('src', None, 'A torchvision / timm ResNet state dict: .safetensors or .pth.')
+flags.DEFINE_string('src', None, 'A torchvision / timm state dict: .safetensors or .pth.')
 flags.DEFINE_string('out', None, 'The .npz to write.')
-flags.DEFINE_string('variant', None, 'resnet18 ... resnet152; default: inferred from the '
-                    'keys, and an error if given and the file is another.')
+flags.DEFINE_string('variant', None, 'A name in clan_jax/models/backbones.py (resnet50, '
+                    'vgg16_bn, ...); default: inferred from the keys, and an error if given '
+                    'and the file is another.')
 flags.mark_flags_as_required(['src', 'out'])
 FLAGS = flags.FLAGS
 

@@ -76,7 +76,8 @@ def train_step(state: TrainState, batch: Mapping[str, jax.Array], *,
   (loss, (outputs, updates, branch_losses)), grads = jax.value_and_grad(
       loss_fn, has_aux=True)(state.params)
   finite = jnp.isfinite(loss) & jnp.isfinite(optax.global_norm(grads))
-  updated = state.apply_gradients(grads=grads, batch_stats=updates['batch_stats'])
+  # A model without BatchNorm (plain VGG) has no batch_stats.
+  updated = state.apply_gradients(grads=grads, batch_stats=updates.get('batch_stats', {}))
   new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old),
                            updated, state.replace(step=updated.step))
   labels = batch['label']
