@@ -33,7 +33,6 @@ import time
 
 from absl import app, flags
 import jax
-import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks.timing import time_train_step  # pylint: disable=g-import-not-at-top

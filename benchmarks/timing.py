@@ -12,9 +12,8 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from clan_jax import models, sharding
-from clan_jax.training import optimizer, steps
-from clan_jax.training.train_state import create_train_state
+from clan_jax import sharding
+from clan_jax.training import setup
 from configs import default
 
 
@@ -75,16 +74,10 @@ def time_train_step(model_config: ml_collections.ConfigDict, *, image_size: int,
   """Compiles the train step of `model_config`, runs `warmup` steps, times `num_steps`."""
   config = default.get_config()
   config.model = model_config
+  config.image_size = image_size
   mesh = sharding.create_mesh(config.mesh)
-  model = models.create_model(model_config, num_classes)
-  branches = models.branch_names(model_config.mid_level_taps, model_config.use_clca,
-                                 model_config.use_clsa)
-  tx, lr_fn = optimizer.create_optimizer(config, steps_per_epoch=100, total_steps=10_000)
-  state = create_train_state(model, tx, jax.random.key(0), image_size, mesh)
-  train_step = steps.jit_train_step(
-      mesh, sharding.state_sharding(mesh, state), branch_weights={}, label_smoothing=0.0,
-      learning_rate_fn=lr_fn, grad_accum_steps=1,
-      metrics_cls=steps.train_metrics_collection(branches, state.params))
+  run = setup.create(config, num_classes, mesh, steps_per_epoch=100, total_steps=10_000)
+  state, train_step = run.state, run.train_step
   rng = np.random.default_rng(0)
   batch = jax.device_put(
       {'image': rng.normal(size=(batch_size, image_size, image_size, 3)).astype(np.float32),
@@ -109,5 +102,6 @@ def time_train_step(model_config: ml_collections.ConfigDict, *, image_size: int,
       step_s=step_s,
       xla_bytes=analysis.argument_size_in_bytes + analysis.temp_size_in_bytes,
       temp_bytes=analysis.temp_size_in_bytes,
-      saved_bytes=saved_activation_bytes(model, image_size, batch_size), flops=_flops(compiled),
+      saved_bytes=saved_activation_bytes(run.model, image_size, batch_size),
+      flops=_flops(compiled),
       peak_kind=peak_kind, peak_bytes=peak_bytes)

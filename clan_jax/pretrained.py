@@ -26,7 +26,6 @@ variant, keys and shapes first and naming every offending key.
 import dataclasses
 import os
 import pickle
-import re
 import zipfile
 from typing import Any
 

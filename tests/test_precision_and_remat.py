@@ -6,21 +6,13 @@ import pytest
 
 from benchmarks import timing
 from clan_jax import models, sharding
-from clan_jax.training import optimizer, steps
-from clan_jax.training.train_state import create_train_state
+from clan_jax.training import setup
 from configs import test as test_config
 
 
 def _step(config, mesh):
-  model = models.create_model(config.model, 4)
-  branches = models.branch_names(config.model.mid_level_taps, True, True)
-  tx, lr_fn = optimizer.create_optimizer(config, steps_per_epoch=4, total_steps=100)
-  state = create_train_state(model, tx, jax.random.key(0), config.image_size, mesh)
-  train_step = steps.jit_train_step(
-      mesh, sharding.state_sharding(mesh, state), branch_weights={}, label_smoothing=0.0,
-      learning_rate_fn=lr_fn, grad_accum_steps=1,
-      metrics_cls=steps.train_metrics_collection(branches, state.params))
-  return state, train_step
+  run = setup.create(config, 4, mesh, steps_per_epoch=4, total_steps=100)
+  return run.state, run.train_step
 
 
 def _batch(size, image_size, mesh):

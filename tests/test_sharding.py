@@ -4,9 +4,8 @@ import ml_collections
 import numpy as np
 import pytest
 
-from clan_jax import models, sharding
-from clan_jax.training import optimizer, steps
-from clan_jax.training.train_state import create_train_state
+from clan_jax import sharding
+from clan_jax.training import setup
 from configs import test as test_config
 
 FSDP_MIN_SIZE = 1024
@@ -40,16 +39,9 @@ def test_fsdp_spec_splits_the_largest_dividing_dimension():
 
 def _train(mesh, batch, num_steps=2):
   config = test_config.get_config()
-  model = models.create_model(config.model, 4)
-  branches = models.branch_names(config.model.mid_level_taps, True, True)
-  tx, lr_fn = optimizer.create_optimizer(config, steps_per_epoch=4, total_steps=100)
-  state = create_train_state(model, tx, jax.random.key(0), config.image_size, mesh,
-                             FSDP_MIN_SIZE)
-  state_sharding = sharding.state_sharding(mesh, state, FSDP_MIN_SIZE)
-  train_step = steps.jit_train_step(
-      mesh, state_sharding, branch_weights={}, label_smoothing=0.0,
-      learning_rate_fn=lr_fn, grad_accum_steps=1,
-      metrics_cls=steps.train_metrics_collection(branches, state.params))
+  config.mesh.fsdp_min_size = FSDP_MIN_SIZE
+  run = setup.create(config, 4, mesh, steps_per_epoch=4, total_steps=100)
+  state, train_step = run.state, run.train_step
   losses = []
   for _ in range(num_steps):
     state, step_metrics = train_step(state, jax.device_put(batch,

@@ -11,7 +11,7 @@ import pytest
 
 from clan_jax import checkpointing, models, sharding, trained_model
 from clan_jax.data import input_pipeline
-from clan_jax.training import losses, optimizer, steps, trainer
+from clan_jax.training import losses, optimizer, trainer, setup
 from clan_jax.training.train_state import create_train_state
 from configs import fine_grained
 from configs import test as test_config
@@ -27,16 +27,8 @@ def _config(data_dir, **overrides):
 
 
 def _setup(config, mesh, num_classes=4):
-  model = models.create_model(config.model, num_classes)
-  branches = models.branch_names(config.model.mid_level_taps, config.model.use_clca,
-                                 config.model.use_clsa)
-  tx, lr_fn = optimizer.create_optimizer(config, steps_per_epoch=4, total_steps=100)
-  state = create_train_state(model, tx, jax.random.key(0), config.image_size, mesh)
-  train_step = steps.jit_train_step(
-      mesh, sharding.state_sharding(mesh, state), branch_weights={},
-      label_smoothing=0.0, learning_rate_fn=lr_fn, grad_accum_steps=1,
-      metrics_cls=steps.train_metrics_collection(branches, state.params))
-  return state, train_step
+  run = setup.create(config, num_classes, mesh, steps_per_epoch=4, total_steps=100)
+  return run.state, run.train_step
 
 
 def _batch(size=16, image_size=32, num_classes=4, seed=0):
@@ -147,13 +139,9 @@ def test_padded_eval_counts_a_13_example_split_exactly(data_dir):
   builder = input_pipeline.get_dataset_builder(config)
   assert input_pipeline.num_examples(builder, 'test') == 13
   mesh = sharding.create_mesh(config.mesh)
-  model = models.create_model(config.model, 13)
-  tx, _ = optimizer.create_optimizer(config, 4, 100)
-  state = create_train_state(model, tx, jax.random.key(0), config.image_size, mesh)
-  branches = models.branch_names(config.model.mid_level_taps, True, True)
-  metrics_cls = steps.eval_metrics_collection(branches)
-  eval_step = steps.jit_eval_step(mesh, sharding.state_sharding(mesh, state),
-                                  metrics_cls=metrics_cls)
+  run = setup.create(config, 13, mesh, steps_per_epoch=4, total_steps=100)
+  model, state = run.model, run.state
+  eval_step, metrics_cls = run.eval_step, run.eval_metrics_cls
   eval_ds, num_batches = input_pipeline.create_eval_dataset(config, builder, 'test')
   assert num_batches == 2
   local_batches = list(input_pipeline.as_numpy(eval_ds))

@@ -11,11 +11,11 @@ from jax.experimental import multihost_utils
 import ml_collections
 import tensorflow as tf
 
-from clan_jax import (checkpointing, config_validation, models, pretrained, sharding,
+from clan_jax import (checkpointing, config_validation, pretrained, sharding,
                       trained_model, workdir_lock)
 from clan_jax.data import input_pipeline
-from clan_jax.training import interrupts, nonfinite, optimizer, steps
-from clan_jax.training.train_state import TrainState, create_train_state
+from clan_jax.training import interrupts, nonfinite, setup
+from clan_jax.training.train_state import TrainState
 from clan_jax.user_errors import UserError
 
 
@@ -107,16 +107,14 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   total_steps = _total_steps(config, steps_per_epoch)
   eval_every = max(1, int(config.eval_every_epochs * steps_per_epoch))
 
-  model = models.create_model(config.model, num_classes)
-  branches = models.branch_names(config.model.mid_level_taps, config.model.use_clca,
-                                 config.model.use_clsa)
-  tx, learning_rate_fn = optimizer.create_optimizer(config, steps_per_epoch, total_steps)
-  state = create_train_state(model, tx, jax.random.key(config.seed), config.image_size,
-                             mesh, config.mesh.fsdp_min_size)
   # config.init (pretrained backbone or a trained workdir); a checkpoint in
   # `workdir` (resuming) replaces it below.
-  state = pretrained.initialize(state, config)
-  state_sharding = sharding.state_sharding(mesh, state, config.mesh.fsdp_min_size)
+  run = setup.create(config, num_classes, mesh, steps_per_epoch=steps_per_epoch,
+                     total_steps=total_steps,
+                     initialize=lambda state: pretrained.initialize(state, config))
+  state, branches = run.state, run.branches
+  train_metrics_cls, eval_metrics_cls = run.train_metrics_cls, run.eval_metrics_cls
+  train_step, eval_step = run.train_step, run.eval_step
 
   checkpointer = checkpointing.Checkpointer(
       checkpoint_dir, save_every_steps=config.checkpoint_every_steps,
@@ -126,15 +124,6 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     logging.info('Resumed from %s at step %d.', workdir, int(state.step))
   start_step = int(state.step)
   trained_model.save_run_info(workdir, config, input_pipeline.class_names(builder))
-
-  train_metrics_cls = steps.train_metrics_collection(branches, state.params)
-  eval_metrics_cls = steps.eval_metrics_collection(branches)
-  train_step = steps.jit_train_step(
-      mesh, state_sharding,
-      branch_weights=dict(config.branch_weights),
-      label_smoothing=config.label_smoothing, learning_rate_fn=learning_rate_fn,
-      grad_accum_steps=config.grad_accum_steps, metrics_cls=train_metrics_cls)
-  eval_step = steps.jit_eval_step(mesh, state_sharding, metrics_cls=eval_metrics_cls)
 
   def run_eval(split: str) -> dict[str, float]:
     eval_ds, _ = input_pipeline.create_eval_dataset(config, builder, split)
