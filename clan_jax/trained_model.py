@@ -25,6 +25,10 @@ from clan_jax.user_errors import MissingFileError, UserError
 CONFIG_FILE = 'config.json'
 CLASSES_FILE = 'classes.json'
 CHECKPOINT_DIR = 'checkpoints'
+# Model fields that change how the model is computed, not its variables: a run
+# may resume with others (e.g. on a GPU, with bfloat16 and cuDNN attention).
+COMPUTE_ONLY_FIELDS = ('model.dtype', 'model.remat', 'model.remat_policy',
+                       'model.clca.attention_impl', 'model.clca.attention_block_size')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,7 +73,7 @@ def check_same_model(workdir: str, config: ml_collections.ConfigDict) -> None:
       for c in (load_config(workdir), config))
   differ = [f'{key}: {stored.get(key)!r} -> {current.get(key)!r}'
             for key in sorted(stored.keys() | current.keys())
-            if key.split('.')[0] in ('dataset', 'model')
+            if key.split('.')[0] in ('dataset', 'model') and key not in COMPUTE_ONLY_FIELDS
             and stored.get(key) != current.get(key)]
   if differ:
     raise UserError(

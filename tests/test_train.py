@@ -257,3 +257,15 @@ def test_clan_on_vgg16_trains_and_evaluates(data_dir, tmp_path, scales, blocks, 
   assert set(restored.variables['params']) == {
       'backbone', *(f'head_{b}' for b in branches),
       *(f'{block}_{tap}' for block in ('clca', 'clsa') for tap in branches[:-2] if blocks)}
+
+
+def test_resuming_may_change_how_the_model_computes_but_not_what_it_is(tmp_path):
+  config = test_config.get_config()
+  trained_model.save_run_info(str(tmp_path), config, ['a', 'b', 'c', 'd'])
+  config.model.dtype = 'bfloat16'
+  config.model.remat = 'all'
+  config.model.clca.attention_impl = 'reference'
+  trained_model.check_same_model(str(tmp_path), config)
+  config.model.clsa.norm = 'none'
+  with pytest.raises(ValueError, match="model.clsa.norm: 'batchnorm' -> 'none'"):
+    trained_model.check_same_model(str(tmp_path), config)
