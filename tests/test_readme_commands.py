@@ -14,7 +14,8 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from clan_jax import models, pretrained
+from clan_jax import pretrained
+from clan_jax.models import backbones
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Appended to every command: later flags win, so these shrink any config.
@@ -22,7 +23,7 @@ TINY = ['--config.dataset=clan_synthetic', '--config.synthetic.num_classes=4',
         '--config.synthetic.train_per_class=8', '--config.synthetic.test_per_class=4',
         '--config.synthetic.image_size=36', '--config.resize_size=36',
         '--config.image_size=32', '--config.batch_size=8', '--config.eval_batch_size=8',
-        '--config.model.backbone=resnet18', '--config.model.backbone_width=4',
+        '--config.model.backbone_width=4',
         '--config.num_train_steps=2', '--config.checkpoint_every_steps=2',
         '--config.log_every_steps=1', '--config.mesh.data=1']
 def readme_commands(program: str) -> list[list[str]]:
@@ -42,12 +43,14 @@ def readme_commands(program: str) -> list[list[str]]:
 
 
 def _tiny_weights(path: str) -> None:
-  """A ResNet-18 of width 4 as `convert_weights` writes it, for `init.backbone_weights`."""
-  variables = models.create_resnet('resnet18', width=4).init(
+  """Weights of width 4 as `convert_weights` writes them, for `init.backbone_weights`;
+  the README names each file after its backbone (`resnet50.npz`)."""
+  variant = os.path.splitext(os.path.basename(path))[0]
+  variables = backbones.get(variant).create(width=4).init(
       jax.random.key(0), jnp.zeros((1, 32, 32, 3)), train=False)
   arrays = {k: jax.device_get(v) for k, v in
             traverse_util.flatten_dict(jax.device_get(variables), sep='/').items()}
-  pretrained.save_npz(path, pretrained.BackboneWeights('resnet18', arrays))
+  pretrained.save_npz(path, pretrained.BackboneWeights(variant, arrays))
 
 
 def _localise(argv: list[str], tmp_path) -> list[str]:
