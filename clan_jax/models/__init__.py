@@ -31,6 +31,9 @@ def with_added_fields(model_config: ml_collections.ConfigDict) -> ml_collections
       parent = parent[group]
     if name not in parent:
       parent[name] = default
+  # 'fused' was XLA's attention path; 'auto' is what replaced it.
+  if m.clca.get('attention_impl') == 'fused':
+    m.clca.attention_impl = 'auto'
   return m
 
 
