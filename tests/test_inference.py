@@ -136,8 +136,14 @@ def test_a_workdir_from_before_the_registries_still_loads_and_resumes(trained, t
   shutil.copytree(workdir, copy)
   with open(os.path.join(copy, trained_model.CONFIG_FILE)) as f:
     config = json.load(f)
-  for field in models.ADDED_FIELD_DEFAULTS:
-    del config['model'][field]
+  # A field whose value here is its old default is what an older config lacks.
+  for field, default in models.ADDED_FIELD_DEFAULTS.items():
+    *groups, name = field.split('.')
+    parent = config['model']
+    for group in groups:
+      parent = parent[group]
+    if parent[name] == default:
+      del parent[name]
   with open(os.path.join(copy, trained_model.CONFIG_FILE), 'w') as f:
     json.dump(config, f)
   loaded = trained_model.load(copy)
@@ -236,14 +242,14 @@ def test_attention_maps_are_the_models(trained, tmp_path):
 
   # Independently: the outputs of the modules that produce the maps.
   inputs = np.asarray(input_pipeline.preprocess_for_eval(image, config))[None]
-  names = ('conv', 'w_theta', 'w_phi', 'w_k')
+  names = ('bn', 'w_theta', 'w_phi', 'w_k')  # 'bn': CLSA's gate logits
   _, state = model.model.apply(model.variables, inputs, train=False,
                                capture_intermediates=lambda m, _: m.name in names,
                                mutable=['intermediates'])
   captured = state['intermediates']
   for tap in ('layer2', 'layer3'):
-    (conv,) = captured[f'clsa_{tap}']['conv']['__call__']
-    np.testing.assert_allclose(maps.clsa[tap], jax.nn.sigmoid(conv[0, ..., 0]), rtol=1e-6)
+    (logits,) = captured[f'clsa_{tap}']['bn']['__call__']
+    np.testing.assert_allclose(maps.clsa[tap], jax.nn.sigmoid(logits[0, ..., 0]), rtol=1e-6)
     theta, phi, value = (captured[f'clca_{tap}'][n]['__call__'][0][0] for n in names[1:])
     height, width, depth = theta.shape
     row, col = maps.query_cells[tap]
