@@ -67,9 +67,10 @@ def summarize(runs: Mapping[tuple[str, float, int], Mapping]
                        for (v, r, _), run in runs.items() if (v, r) == (variant, rate)])
         for rate in rates}
     chosen[variant] = max(rates, key=lambda r: mean_validation[r])
-  branches = list(dict.fromkeys(
-      b for (v, r, _), run in runs.items() if chosen[v] == r
-      for b in selected(run['history'])[1] if b != 'combined'))
+  # In the model's output order: the variant with most branches lists them first.
+  per_run = sorted((list(selected(run['history'])[1]) for (v, r, _), run in runs.items()
+                    if chosen[v] == r), key=len, reverse=True)
+  branches = list(dict.fromkeys(b for names in per_run for b in names if b != 'combined'))
   header = ['variant', 'lr', 'seeds', 'validation top-1', *[f'test `{b}`' for b in branches],
             '**test combined**']
   lines = ['| ' + ' | '.join(header) + ' |', '|' + '---|' * len(header)]
