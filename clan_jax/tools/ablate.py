@@ -24,8 +24,8 @@ import os
 import time
 
 from absl import app, flags, logging
-from ml_collections import config_flags
 
+from clan_jax import user_errors
 from clan_jax.tools import ablation_report
 from clan_jax.training import trainer
 
@@ -37,7 +37,7 @@ VARIANTS = {  # name: (use_clca, use_clsa)
 }
 RUN_FILE = 'ablation_run.json'
 
-config_flags.DEFINE_config_file(
+user_errors.define_config_file(
     'config', 'configs/default.py', 'Base config; every variant overrides only '
     'config.model.use_clca / use_clsa, config.seed and config.learning_rate.',
     lock_config=True)
@@ -113,4 +113,4 @@ def main(argv: Sequence[str]) -> None:
 
 
 if __name__ == '__main__':
-  app.run(main)
+  user_errors.run(main)
