@@ -46,15 +46,16 @@ class CLCA(nn.Module):
 
 
 class CLSA(nn.Module):
-  """L_N * avgpool(sigmoid(conv7x7([max_c L̂_s, mean_c L̂_s])))."""
+  """L_N * avgpool(sigmoid(BN(conv7x7([max_c L̂_s, mean_c L̂_s])))), clsa.norm='batchnorm'."""
 
   def __init__(self, kernel_size: int = 7):
     super().__init__()
-    self.conv = nn.Conv2d(2, 1, kernel_size, padding=kernel_size // 2)
+    self.conv = nn.Conv2d(2, 1, kernel_size, padding=kernel_size // 2, bias=False)
+    self.bn = nn.BatchNorm2d(1)
 
   def forward(self, mid: torch.Tensor, top: torch.Tensor) -> torch.Tensor:
     descriptor = torch.cat([mid.amax(1, keepdim=True), mid.mean(1, keepdim=True)], 1)
-    attention = torch.sigmoid(self.conv(descriptor))
+    attention = torch.sigmoid(self.bn(self.conv(descriptor)))
     window = (mid.shape[2] // top.shape[2], mid.shape[3] // top.shape[3])
     return top * F.avg_pool2d(attention, window)
 
