@@ -21,7 +21,7 @@ import jax
 import numpy as np
 import pytest
 
-from clan_jax import checkpointing, models, trained_model, workdir_lock
+from clan_jax import checkpointing, models, sharding, trained_model, workdir_lock
 from clan_jax.training import optimizer
 from clan_jax.training.train_state import abstract_train_state
 from clan_jax.user_errors import UserError
@@ -179,8 +179,7 @@ def test_fallback_can_be_forbidden(reference, tmp_path):
   shutil.copytree(reference_dir / 'checkpoints', tmp_path / 'checkpoints')
   _truncate_data_files(tmp_path / 'checkpoints' / '8')
   config = trained_model.load_config(str(reference_dir))
-  mesh = jax.make_mesh((1,), ('data',), axis_types=(jax.sharding.AxisType.Auto,),
-                       devices=jax.devices()[:1])
+  mesh = sharding.create_mesh(config.mesh, devices=jax.devices()[:1])
   tx, _ = optimizer.create_optimizer(config, 1, 1)
   target = abstract_train_state(models.create_model(config.model, 4), tx,
                                 config.image_size, mesh)
