@@ -107,7 +107,7 @@ def get_config() -> ml_collections.ConfigDict:
   # --- Initialisation (README, "Pretrained weights") ---
   config.init = ml_collections.ConfigDict()
   # A torchvision / timm ResNet for the backbone: a .npz from
-  # `python -m clan_jax.tools.convert_weights`, or a .safetensors / .pth converted
+  # `python -m clan_jax.cli.convert_weights`, or a .safetensors / .pth converted
   # on the fly. Its depth and width must match config.model.
   config.init.backbone_weights = ml_collections.FieldReference(None, field_type=str)
   # A train.py workdir whose latest checkpoint gives every param and batch stat

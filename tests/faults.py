@@ -26,7 +26,7 @@ import jax.numpy as jnp
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-from clan_jax import checkpointing  # pylint: disable=g-import-not-at-top
+from clan_jax.workdir import checkpointing  # pylint: disable=g-import-not-at-top
 from clan_jax.training import steps  # pylint: disable=g-import-not-at-top
 
 FAULT, FAULT_STEP = os.environ['CLAN_JAX_FAULT'].split(':')

@@ -17,7 +17,10 @@ from absl import flags
 import numpy as np
 import pytest
 
-from clan_jax import evaluate, pretrained, trained_model, user_errors, workdir_lock
+from clan_jax import user_errors
+from clan_jax.inference import evaluate
+from clan_jax.models import torchvision_weights
+from clan_jax.workdir import lock, trained_model
 from clan_jax.data import input_pipeline, prepare
 from clan_jax.training import trainer
 from configs import test as test_config
@@ -40,7 +43,7 @@ ROWS = _rows()
 
 def _write_lock(workdir, host, pid, started) -> None:
   os.makedirs(workdir)
-  with open(os.path.join(workdir, workdir_lock.LOCK_FILE), 'w') as f:
+  with open(os.path.join(workdir, lock.LOCK_FILE), 'w') as f:
     json.dump({'host': host, 'pid': pid, 'started': started, 'since': SINCE}, f)
 
 
@@ -56,7 +59,7 @@ def files(tmp_path_factory) -> str:
     f.write('not weights\n')
   pid = os.getpid()  # this test's process: a live run
   _write_lock(os.path.join(tmp, 'held'), socket.gethostname(), pid,
-              workdir_lock._start_time(pid))  # pylint: disable=protected-access
+              lock._start_time(pid))  # pylint: disable=protected-access
   _write_lock(os.path.join(tmp, 'held_elsewhere'), 'elsewhere', 1, None)
   other_model = os.path.join(tmp, 'other_model')
   trained_model.save_run_info(other_model, test_config.get_config(),
@@ -90,7 +93,7 @@ def _run_library(program: str, arguments: list[str]) -> str:
       'evaluate': lambda: evaluate.evaluate(named['checkpoint'], step=step),
       'export': lambda: trained_model.load(named['checkpoint'], step=step),
       'predict': lambda: [input_pipeline.read_image(path) for path in positional],
-      'convert_weights': lambda: pretrained.load_weights(named['src'], named.get('variant')),
+      'convert_weights': lambda: torchvision_weights.load_weights(named['src'], named.get('variant')),
       'prepare': lambda: prepare.prepare(named['dataset'], named['manual_dir'],
                                          named.get('data_dir')),
   }
@@ -125,9 +128,9 @@ def test_row(number, program, arguments, message, files, data_dir, monkeypatch):
 
 SUBPROCESS_ROWS = {
     '24': [sys.executable, 'train.py'],
-    '33': [sys.executable, '-m', 'clan_jax.evaluate'],
-    '38': [sys.executable, '-m', 'clan_jax.tools.convert_weights'],
-    '43': [sys.executable, '-m', 'clan_jax.data.prepare'],
+    '33': [sys.executable, '-m', 'clan_jax.cli.evaluate'],
+    '38': [sys.executable, '-m', 'clan_jax.cli.convert_weights'],
+    '43': [sys.executable, '-m', 'clan_jax.cli.prepare_data'],
 }
 
 

@@ -11,9 +11,11 @@ import numpy as np
 from PIL import Image
 import pytest
 
-from clan_jax import attention_maps, models, predict, trained_model
+from clan_jax import models
+from clan_jax.inference import attention_maps, predict
+from clan_jax.workdir import trained_model
 from clan_jax.data import input_pipeline, synthetic
-from clan_jax.evaluate import evaluate
+from clan_jax.inference.evaluate import evaluate
 from clan_jax.models.attention import spatial_attention
 from clan_jax.training import optimizer, trainer
 from configs import test as test_config
@@ -58,7 +60,7 @@ def _test_split_pixels(model: trained_model.TrainedModel) -> list[np.ndarray]:
 def test_evaluate_command_reproduces_the_training_eval(trained, tmp_path):
   """The same checkpoint, data and 8-device mesh as training's last eval: the same numbers."""
   workdir, train_results = trained
-  result = _run('clan_jax.evaluate', f'--checkpoint={workdir}', '--flip_tta',
+  result = _run('clan_jax.cli.evaluate', f'--checkpoint={workdir}', '--flip_tta',
                 f'--out={tmp_path}', devices=8)
   assert result.returncode == 0, result.stderr[-3000:]
   with open(tmp_path / 'results.json') as f:
@@ -209,7 +211,7 @@ def test_predict_command_reports_bad_files_and_writes_attention_maps(trained, tm
   bird = synthetic.render_bird(synthetic.species(2), np.random.default_rng(1), 48)
   Image.fromarray(bird[:40]).save(tmp_path / 'bird.png')  # 48 x 40
   (tmp_path / 'empty.jpg').write_bytes(b'')
-  result = _run('clan_jax.predict', f'--checkpoint={workdir}', '--top_k=2',
+  result = _run('clan_jax.cli.predict', f'--checkpoint={workdir}', '--top_k=2',
                 f'--attention_dir={tmp_path / "attention"}', '--query_point=20,18',
                 str(tmp_path / 'bird.png'), str(tmp_path / 'empty.jpg'),
                 str(tmp_path / 'missing.png'), devices=2)
@@ -277,7 +279,7 @@ def test_attention_maps_are_the_models(trained, tmp_path):
 def test_exported_model_runs_without_the_package(trained, tmp_path):
   workdir, _ = trained
   out = tmp_path / 'clan.jax_exported'
-  result = _run('clan_jax.export', f'--checkpoint={workdir}', f'--out={out}')
+  result = _run('clan_jax.cli.export', f'--checkpoint={workdir}', f'--out={out}')
   assert result.returncode == 0, result.stderr[-3000:]
   with open(f'{out}.json') as f:
     info = json.load(f)

@@ -14,7 +14,7 @@ import jax
 import numpy as np
 import pytest
 
-from clan_jax import trained_model
+from clan_jax.workdir import trained_model
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = 3

@@ -12,10 +12,12 @@ import pytest
 import safetensors.torch
 import torch
 
-from clan_jax import checkpointing, models, pretrained, sharding, trained_model
+from clan_jax import models, sharding
+from clan_jax.models import torchvision_weights
+from clan_jax.workdir import checkpointing, trained_model
 from clan_jax.models import vgg
 from clan_jax.models.resnet import STAGE_NAMES
-from clan_jax.training import optimizer, steps, trainer
+from clan_jax.training import initialization, optimizer, steps, trainer
 from clan_jax.training.train_state import abstract_train_state, create_train_state
 from configs import fine_grained
 from configs import test as test_config
@@ -116,10 +118,10 @@ def _assert_parity(outputs, expected, names, context):
 def _converted(state_dict, directory, name):
   """`state_dict` saved as .pth and .safetensors, each converted; also the .npz round trip."""
   paths = _save(state_dict, directory, name)
-  converted = {suffix: pretrained.load_weights(path) for suffix, path in paths.items()}
+  converted = {suffix: torchvision_weights.load_weights(path) for suffix, path in paths.items()}
   npz = os.path.join(directory, f'{name}.npz')
-  pretrained.save_npz(npz, converted['pth'])
-  converted['npz'] = pretrained.load_weights(npz)
+  torchvision_weights.save_npz(npz, converted['pth'])
+  converted['npz'] = torchvision_weights.load_weights(npz)
   return converted
 
 
@@ -152,28 +154,28 @@ def test_converted_vgg_reproduces_torch_stages_and_logits(variant, tmp_path):
 def test_vgg_keys_and_variants_are_checked(tmp_path):
   state_dict = _numpy_state_dict(torch_vgg.vgg(16, True, width=4, num_classes=3,
                                                classifier_width=8).state_dict())
-  with pytest.raises(pretrained.WeightsMismatchError,
+  with pytest.raises(torchvision_weights.WeightsMismatchError,
                      match='holds a vgg16_bn, not the requested vgg16'):
-    pretrained.convert_state_dict(state_dict, variant='vgg16')
+    torchvision_weights.convert_state_dict(state_dict, variant='vgg16')
   missing = {k: v for k, v in state_dict.items() if k != 'features.1.running_var'}
-  with pytest.raises(pretrained.WeightsMismatchError,
+  with pytest.raises(torchvision_weights.WeightsMismatchError,
                      match=r'(?s)missing keys \(1\).*batch_stats/features/1/var'):
-    pretrained.convert_state_dict(missing)
+    torchvision_weights.convert_state_dict(missing)
   # A conv moved by one index (a layout that is not torchvision's).
   shifted = {k.replace('features.40.', 'features.39.'): v for k, v in state_dict.items()}
-  with pytest.raises(pretrained.WeightsMismatchError,
+  with pytest.raises(torchvision_weights.WeightsMismatchError,
                      match=r'(?s)unexpected keys.*params/features/39/kernel'):
-    pretrained.convert_state_dict(shifted)
+    torchvision_weights.convert_state_dict(shifted)
   one_conv_short = {k: v for k, v in state_dict.items() if not k.startswith('features.40.')}
-  with pytest.raises(pretrained.WeightsMismatchError,
+  with pytest.raises(torchvision_weights.WeightsMismatchError,
                      match=r'no torchvision VGG: 12 convs in `features`; known: vgg11 8'):
-    pretrained.convert_state_dict(one_conv_short)
-  with pytest.raises(pretrained.WeightsMismatchError,
+    torchvision_weights.convert_state_dict(one_conv_short)
+  with pytest.raises(torchvision_weights.WeightsMismatchError,
                      match=r'is no torchvision state dict of ResNet or VGG'):
-    pretrained.convert_state_dict({'stem.weight': np.zeros((4, 3, 3, 3), np.float32)})
+    torchvision_weights.convert_state_dict({'stem.weight': np.zeros((4, 3, 3, 3), np.float32)})
   # Without the classifier (a feature extractor's state dict) it converts as well.
   features_only = {k: v for k, v in state_dict.items() if k.startswith('features.')}
-  weights = pretrained.convert_state_dict(features_only)
+  weights = torchvision_weights.convert_state_dict(features_only)
   assert weights.options == {'width': 4, 'num_classes': None}
 
 
@@ -185,7 +187,7 @@ def test_clan_on_vgg16_starts_from_converted_weights(tmp_path):
   torch_model = torch_vgg.vgg(16, True, width=4, num_classes=3, classifier_width=8)
   paths = _save(torch_model.state_dict(), str(tmp_path), 'vgg16_bn_w4')
   config.init.backbone_weights = paths['safetensors']
-  state = pretrained.initialize(state, config)
+  state = initialization.initialize(state, config)
   images = np.random.default_rng(0).normal(size=(2, 32, 32, 3)).astype(np.float32)
   _, intermediates = model.apply(
       {'params': state.params, 'batch_stats': state.batch_stats}, images, train=False,
@@ -200,12 +202,12 @@ def test_command_line_converts_a_pth(tiny, tmp_path):
   state_dict, paths = tiny
   out = str(tmp_path / 'tiny.npz')
   result = subprocess.run(
-      [sys.executable, '-m', 'clan_jax.tools.convert_weights', f'--src={paths["pth"]}',
+      [sys.executable, '-m', 'clan_jax.cli.convert_weights', f'--src={paths["pth"]}',
        f'--out={out}'], cwd=REPO, capture_output=True, text=True, timeout=300)
   assert result.returncode == 0, result.stderr[-3000:]
   assert 'resnet18 of width 4' in result.stdout
-  weights = pretrained.load_weights(out, variant='resnet18')
-  direct = pretrained.convert_state_dict(_numpy_state_dict(state_dict))
+  weights = torchvision_weights.load_weights(out, variant='resnet18')
+  direct = torchvision_weights.convert_state_dict(_numpy_state_dict(state_dict))
   assert weights.arrays.keys() == direct.arrays.keys()
   for key in direct.arrays:
     np.testing.assert_array_equal(weights.arrays[key], direct.arrays[key], err_msg=key)
@@ -215,7 +217,7 @@ def test_bfloat16_safetensors_convert_to_float32(tiny, tmp_path):
   state_dict, _ = tiny
   path = str(tmp_path / 'bfloat16.safetensors')
   safetensors.torch.save_file({k: v.bfloat16() for k, v in state_dict.items()}, path)
-  weights = pretrained.load_weights(path)  # numpy reads bfloat16 through ml_dtypes (JAX's)
+  weights = torchvision_weights.load_weights(path)  # numpy reads bfloat16 through ml_dtypes (JAX's)
   kernel = state_dict['conv1.weight'].bfloat16().float().numpy().transpose(2, 3, 1, 0)
   assert weights.arrays['params/conv1/kernel'].dtype == np.float32
   np.testing.assert_array_equal(weights.arrays['params/conv1/kernel'], kernel)
@@ -226,8 +228,8 @@ def test_wrapped_and_data_parallel_state_dicts_convert(tiny, tmp_path):
   path = str(tmp_path / 'wrapped.pth')
   torch.save({'epoch': 3, 'state_dict': {f'module.{k}': v for k, v in state_dict.items()}},
              path)
-  wrapped = pretrained.load_weights(path)
-  direct = pretrained.convert_state_dict(_numpy_state_dict(state_dict))
+  wrapped = torchvision_weights.load_weights(path)
+  direct = torchvision_weights.convert_state_dict(_numpy_state_dict(state_dict))
   assert wrapped.arrays.keys() == direct.arrays.keys()
   for key in direct.arrays:
     np.testing.assert_array_equal(wrapped.arrays[key], direct.arrays[key], err_msg=key)
@@ -238,11 +240,11 @@ def test_clan_from_converted_weights_starts_as_the_backbone_then_trains(
   _, paths = tiny
   caplog.set_level(logging.INFO)
   config = _config(backbone_weights=paths['safetensors'])
-  state = pretrained.initialize(fresh_state, config)
+  state = initialization.initialize(fresh_state, config)
   # torchvision's 102 ResNet-18 tensors (without num_batches_tracked) less fc's 2.
   assert f'Initialised 100 arrays (backbone) from {paths["safetensors"]}' in caplog.text
   assert "freshly initialised: ['clca_layer2', 'clca_layer3', 'clsa_layer2'" in caplog.text
-  weights = pretrained.load_weights(paths['safetensors'])
+  weights = torchvision_weights.load_weights(paths['safetensors'])
   for key, array in weights.arrays.items():
     if not key.startswith('params/fc/'):
       kind, rest = key.split('/', 1)
@@ -294,17 +296,17 @@ def test_checkpoint_initialises_every_variable(fresh_state, tmp_path):
   checkpointer.wait_until_finished()
   checkpointer.close()
 
-  loaded = pretrained.initialize(fresh_state, _config(checkpoint=workdir))
+  loaded = initialization.initialize(fresh_state, _config(checkpoint=workdir))
   assert int(loaded.step) == 0
   jax.tree.map(np.testing.assert_array_equal, (loaded.params, loaded.batch_stats),
                (trained.params, trained.batch_stats))
   # Another number of classes: the heads do not fit, and are named.
-  with pytest.raises(pretrained.WeightsMismatchError,
+  with pytest.raises(torchvision_weights.WeightsMismatchError,
                      match=r'(?s)shape mismatches.*params/head_top/fc/kernel: '
                            r'file \(32, 4\), model \(32, 5\)'):
-    pretrained.initialize(_abstract_state(config, num_classes=5), _config(checkpoint=workdir))
+    initialization.initialize(_abstract_state(config, num_classes=5), _config(checkpoint=workdir))
   with pytest.raises(FileNotFoundError, match='not a train.py workdir'):
-    pretrained.initialize(fresh_state, _config(checkpoint=str(tmp_path)))
+    initialization.initialize(fresh_state, _config(checkpoint=str(tmp_path)))
 
 
 # --- Errors --------------------------------------------------------------------------
@@ -315,66 +317,66 @@ def test_missing_unexpected_and_mis_shaped_keys_are_listed(tiny):
   state_dict = _numpy_state_dict(state_dict)
   missing = dict(state_dict)
   del missing['layer1.0.bn1.running_var'], missing['layer4.1.conv2.weight']
-  with pytest.raises(pretrained.WeightsMismatchError,
+  with pytest.raises(torchvision_weights.WeightsMismatchError,
                      match=r'(?s)missing keys \(2\).*batch_stats/layer1/0/bn1/var.*'
                            r'params/layer4/1/conv2/kernel'):
-    pretrained.convert_state_dict(missing)
+    torchvision_weights.convert_state_dict(missing)
   unexpected = {**state_dict, 'layer1.0.se.fc.weight': np.zeros((4, 4), np.float32),
                 'layer2.0.attn.scale': np.zeros(4, np.float32)}
-  with pytest.raises(pretrained.WeightsMismatchError,
+  with pytest.raises(torchvision_weights.WeightsMismatchError,
                      match=r"unexpected keys.*'layer2.0.attn.scale'"):
-    pretrained.convert_state_dict(unexpected)
+    torchvision_weights.convert_state_dict(unexpected)
   del unexpected['layer2.0.attn.scale']
-  with pytest.raises(pretrained.WeightsMismatchError,
+  with pytest.raises(torchvision_weights.WeightsMismatchError,
                      match='unexpected keys .1.:\n  params/layer1/0/se/fc/kernel'):
-    pretrained.convert_state_dict(unexpected)
+    torchvision_weights.convert_state_dict(unexpected)
   mis_shaped = {**state_dict, 'layer1.0.conv1.weight': np.zeros((4, 4, 5, 5), np.float32)}
-  with pytest.raises(pretrained.WeightsMismatchError,
+  with pytest.raises(torchvision_weights.WeightsMismatchError,
                      match=r'params/layer1/0/conv1/kernel: file \(5, 5, 4, 4\), '
                            r'model \(3, 3, 4, 4\)'):
-    pretrained.convert_state_dict(mis_shaped)
+    torchvision_weights.convert_state_dict(mis_shaped)
 
 
 def test_depth_and_width_mismatches_stop_training_before_it_starts(tiny, data_dir, tmp_path):
   state_dict, paths = tiny
-  with pytest.raises(pretrained.WeightsMismatchError, match='holds a resnet18, not the '
+  with pytest.raises(torchvision_weights.WeightsMismatchError, match='holds a resnet18, not the '
                      'requested resnet50'):
-    pretrained.load_weights(paths['safetensors'], variant='resnet50')
+    torchvision_weights.load_weights(paths['safetensors'], variant='resnet50')
   one_block_short = {k: v.numpy() for k, v in state_dict.items() if 'layer4.1.' not in k}
-  with pytest.raises(pretrained.WeightsMismatchError,
+  with pytest.raises(torchvision_weights.WeightsMismatchError,
                      match=r'no torchvision ResNet: \(2, 2, 2, 1\) basic blocks'):
-    pretrained.convert_state_dict(one_block_short)
+    torchvision_weights.convert_state_dict(one_block_short)
   config = _config(backbone_weights=paths['safetensors'])
   config.data_dir = data_dir
   config.model.backbone = 'resnet34'
-  with pytest.raises(pretrained.WeightsMismatchError,
+  with pytest.raises(torchvision_weights.WeightsMismatchError,
                      match="holds a resnet18 backbone, but config.model.backbone='resnet34'"):
     trainer.train_and_evaluate(config, str(tmp_path))
   assert not os.path.exists(tmp_path / 'checkpoints')
   config = _config(backbone_weights=paths['safetensors'])
   config.model.backbone_width = 8
-  with pytest.raises(pretrained.WeightsMismatchError,
+  with pytest.raises(torchvision_weights.WeightsMismatchError,
                      match=r'(?s)width 8.*params/backbone/conv1/kernel: '
                            r'file \(7, 7, 3, 4\), model \(7, 7, 3, 8\)'):
-    pretrained.initialize(_abstract_state(config), config)
+    initialization.initialize(_abstract_state(config), config)
 
 
 def test_missing_file_and_two_sources_are_errors(tiny, tmp_path):
   _, paths = tiny
   for name in ('absent.npz', 'absent.safetensors', 'absent.pth'):
     with pytest.raises(FileNotFoundError, match=name):
-      pretrained.load_weights(str(tmp_path / name))
+      torchvision_weights.load_weights(str(tmp_path / name))
   config = _config(backbone_weights=paths['pth'], checkpoint=str(tmp_path))
   with pytest.raises(ValueError, match='at most one'):
-    pretrained.initialize(None, config)
+    initialization.initialize(None, config)
 
 
 def test_pth_without_torch_says_what_to_install(tiny, monkeypatch):
   _, paths = tiny
   monkeypatch.setitem(sys.modules, 'torch', None)  # `import torch` now fails
   with pytest.raises(ImportError, match=r'(?s)pip install torch.*\.safetensors'):
-    pretrained.load_weights(paths['pth'])
-  assert pretrained.load_weights(paths['safetensors']).variant == 'resnet18'
+    torchvision_weights.load_weights(paths['pth'])
+  assert torchvision_weights.load_weights(paths['safetensors']).variant == 'resnet18'
 
 
 _EXECUTED = []
@@ -396,5 +398,5 @@ def test_pickled_objects_are_refused_not_executed(tiny, tmp_path):
   path = str(tmp_path / 'malicious.pth')
   torch.save({'model': dict(state_dict), 'payload': _Payload()}, path)
   with pytest.raises(ValueError, match=r'(?s)not loaded.*arbitrary code.*weights_only'):
-    pretrained.load_weights(path)
+    torchvision_weights.load_weights(path)
   assert not _EXECUTED

@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from clan_jax import pretrained
+from clan_jax.models import torchvision_weights
 from clan_jax.models import backbones
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -50,7 +50,7 @@ def _tiny_weights(path: str) -> None:
       jax.random.key(0), jnp.zeros((1, 32, 32, 3)), train=False)
   arrays = {k: jax.device_get(v) for k, v in
             traverse_util.flatten_dict(jax.device_get(variables), sep='/').items()}
-  pretrained.save_npz(path, pretrained.BackboneWeights(variant, arrays))
+  torchvision_weights.save_npz(path, torchvision_weights.BackboneWeights(variant, arrays))
 
 
 def _localise(argv: list[str], tmp_path) -> list[str]:
@@ -72,7 +72,7 @@ def test_readme_shows_the_ablation_commands():
   assert [] in commands  # the quickstart
   assert any('--config.model.use_clca=False' in c and '--config.model.use_clsa=False' in c
              for c in commands)
-  assert readme_commands('-m clan_jax.tools.ablate')
+  assert readme_commands('-m clan_jax.cli.ablate')
 
 
 def test_every_readme_train_command_runs(data_dir, tmp_path):
@@ -96,14 +96,14 @@ def test_every_readme_train_command_runs(data_dir, tmp_path):
       pending.append(start(queue.pop(0)))
 
 
-@pytest.mark.parametrize('argv', readme_commands('-m clan_jax.tools.ablate'))
+@pytest.mark.parametrize('argv', readme_commands('-m clan_jax.cli.ablate'))
 def test_readme_ablation_command_runs(argv, data_dir, tmp_path):
   argv = _localise(argv, tmp_path) + TINY + [
       f'--config.data_dir={data_dir}', '--variants=plain,clan', '--seeds=2',
       '--learning_rates=0.05,0.1', '--config.eval_every_epochs=1']
   if not any(a.startswith('--workdir') for a in argv):
     argv.append(f'--workdir={tmp_path / "ablation"}')
-  command = [sys.executable, '-m', 'clan_jax.tools.ablate', *argv]
+  command = [sys.executable, '-m', 'clan_jax.cli.ablate', *argv]
   first = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=900)
   assert first.returncode == 0, first.stderr[-3000:]
   root = next(a.partition('=')[2] for a in argv if a.startswith('--workdir'))

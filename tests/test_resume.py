@@ -21,7 +21,8 @@ import jax
 import numpy as np
 import pytest
 
-from clan_jax import checkpointing, models, sharding, trained_model, workdir_lock
+from clan_jax import models, sharding
+from clan_jax.workdir import checkpointing, lock, trained_model
 from clan_jax.training import optimizer
 from clan_jax.training.train_state import abstract_train_state
 from clan_jax.user_errors import UserError
@@ -73,7 +74,7 @@ def reference(env, data_dir, tmp_path_factory):
   run = _train(env, data_dir, workdir, '--config.keep_checkpoints=10')
   assert run.returncode == 0, run.stderr[-3000:]
   assert _steps(workdir) == [2, 4, 6, 8]
-  assert not os.path.exists(workdir / workdir_lock.LOCK_FILE)
+  assert not os.path.exists(workdir / lock.LOCK_FILE)
   return workdir, _variables(workdir)
 
 
@@ -194,9 +195,9 @@ def test_fallback_can_be_forbidden(reference, tmp_path):
 
 def test_a_held_workdir_is_refused_before_any_work(env, data_dir, tmp_path):
   pid = os.getpid()  # this test's process: alive
-  with open(tmp_path / workdir_lock.LOCK_FILE, 'w') as f:
+  with open(tmp_path / lock.LOCK_FILE, 'w') as f:
     json.dump({'host': socket.gethostname(), 'pid': pid,
-               'started': workdir_lock._start_time(pid), 'since': 'now'}, f)
+               'started': lock._start_time(pid), 'since': 'now'}, f)
   run = _train(env, data_dir, tmp_path)
   assert run.returncode == 2
   assert run.stderr.strip().splitlines()[-1] == (

@@ -9,9 +9,10 @@ import numpy as np
 import optax
 import pytest
 
-from clan_jax import checkpointing, models, sharding, trained_model
+from clan_jax import models, sharding
+from clan_jax.workdir import checkpointing, trained_model
 from clan_jax.data import input_pipeline
-from clan_jax.training import losses, optimizer, trainer, setup
+from clan_jax.training import losses, optimizer, setup, steps, trainer
 from clan_jax.training.train_state import create_train_state
 from configs import fine_grained
 from configs import test as test_config
@@ -145,7 +146,7 @@ def test_padded_eval_counts_a_13_example_split_exactly(data_dir):
   eval_ds, num_batches = input_pipeline.create_eval_dataset(config, builder, 'test')
   assert num_batches == 2
   local_batches = list(input_pipeline.as_numpy(eval_ds))
-  results = trainer.evaluate(
+  results = steps.evaluate(
       eval_step, state,
       sharding.to_global_batches(local_batches, sharding.batch_sharding(mesh)), metrics_cls)
   assert results['num_examples'] == 13

@@ -81,7 +81,7 @@ def manual_dir(dl_manager: tfds.download.DownloadManager) -> epath.Path:
   except AssertionError as e:  # TFDS's message names the directory
     raise MissingFileError(
         f'{e}\n(Pass the directory with --manual_dir to '
-        'python -m clan_jax.data.prepare.)') from e
+        'python -m clan_jax.cli.prepare_data.)') from e
 
 
 def find(dl_manager: tfds.download.DownloadManager, root: epath.Path,

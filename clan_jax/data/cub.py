@@ -5,7 +5,7 @@ one bounding box each. TFDS's own `caltech_birds2011` downloads from the web;
 this builder reads `CUB_200_2011.tgz` (or its extracted folder) from the
 manual directory instead:
 
-  python -m clan_jax.data.prepare --dataset=cub --manual_dir=PATH
+  python -m clan_jax.cli.prepare_data --dataset=cub --manual_dir=PATH
 """
 import tensorflow_datasets as tfds
 

@@ -10,7 +10,7 @@ dataset's README says to remove: the default config crops it off (boxes are
 then normalised against the cropped height and clipped to it), and
 'variant_with_banner' keeps the images whole.
 
-  python -m clan_jax.data.prepare --dataset=aircraft --manual_dir=PATH
+  python -m clan_jax.cli.prepare_data --dataset=aircraft --manual_dir=PATH
 """
 import dataclasses
 

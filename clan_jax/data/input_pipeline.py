@@ -68,7 +68,7 @@ def _prepared_builder(config: ml_collections.ConfigDict) -> tfds.core.DatasetBui
         f'Dataset {config.dataset!r} (config.dataset) is not prepared in '
         f'{builder.data_dir_root} (config.data_dir). Datasets are never '
         'downloaded at run time: prepare it once, with `python -m '
-        'clan_jax.data.prepare --dataset=cub|cars|aircraft --manual_dir=... '
+        'clan_jax.cli.prepare_data --dataset=cub|cars|aircraft --manual_dir=... '
         '--data_dir=...` for the paper\'s datasets (README, "Datasets") or '
         '`tfds build` for others, and point config.data_dir there.')
   return builder

@@ -1,25 +1,16 @@
-r"""Prepares CUB-200-2011, Stanford Cars or FGVC-Aircraft from the user's files.
+"""Prepares CUB-200-2011, Stanford Cars or FGVC-Aircraft from the user's files.
 
-  python -m clan_jax.data.prepare --dataset=cub --manual_dir=~/datasets/cub \
-      [--data_dir=~/tensorflow_datasets]
-
-The manual directory holds the archives (or their extracted folders); each
-builder's MANUAL_DOWNLOAD_INSTRUCTIONS (printed when something is missing) say
-which files. Nothing is downloaded. Ends by printing the splits and their
-sizes, and where they differ from the official ones.
+The command is `python -m clan_jax.cli.prepare_data`. The manual directory
+holds the archives (or their extracted folders); each builder's
+MANUAL_DOWNLOAD_INSTRUCTIONS (printed when something is missing) say which
+files. Nothing is downloaded. `summary` gives the splits and their sizes, and
+where they differ from the official ones.
 """
-from collections.abc import Sequence
 import os
 
-from absl import app
-from absl import flags
 import tensorflow_datasets as tfds
 
-from clan_jax.data import builder_utils
-from clan_jax.data import cub
-from clan_jax.data import fgvc_aircraft
-from clan_jax.data import stanford_cars
-from clan_jax import user_errors
+from clan_jax.data import builder_utils, cub, fgvc_aircraft, stanford_cars
 from clan_jax.user_errors import MissingFileError
 
 BUILDERS = {
@@ -27,19 +18,6 @@ BUILDERS = {
     'cars': stanford_cars.StanfordCars,
     'aircraft': fgvc_aircraft.FgvcAircraft,
 }
-
-_DATASET = flags.DEFINE_enum('dataset', None, list(BUILDERS),
-                             'The dataset to prepare.', required=True)
-_MANUAL_DIR = flags.DEFINE_string(
-    'manual_dir', None, 'Directory with the dataset\'s archives or extracted '
-    'folders.', required=True)
-_DATA_DIR = flags.DEFINE_string(
-    'data_dir', None, 'TFDS data directory to write to (config.data_dir of '
-    'training); default: TFDS\'s, ~/tensorflow_datasets.')
-_CONFIG = flags.DEFINE_string(
-    'config', None, 'Builder config, for FGVC-Aircraft: variant (default, '
-    'copyright banner cropped) or variant_with_banner.')
-
 
 def prepare(dataset: str, manual_dir: str, data_dir: str | None = None,
             config: str | None = None) -> tfds.core.DatasetBuilder:
@@ -73,15 +51,3 @@ def summary(builder: tfds.core.DatasetBuilder) -> str:
   else:
     lines.append('All counts match the official dataset.')
   return '\n'.join(lines)
-
-
-def main(argv: Sequence[str]) -> None:
-  if len(argv) > 1:
-    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  builder = prepare(_DATASET.value, _MANUAL_DIR.value, _DATA_DIR.value,
-                    _CONFIG.value)
-  print(summary(builder))
-
-
-if __name__ == '__main__':
-  user_errors.run(main)

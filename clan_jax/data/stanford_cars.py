@@ -15,7 +15,7 @@ reads the manual directory in whichever of these it finds:
   all-in-one: cars_annos.mat (every image, with a `test` flag and the class
     names) and car_ims/ (or car_ims.tgz).
 
-  python -m clan_jax.data.prepare --dataset=cars --manual_dir=PATH
+  python -m clan_jax.cli.prepare_data --dataset=cars --manual_dir=PATH
 """
 from collections.abc import Sequence
 

@@ -59,13 +59,8 @@ def spatial_attention(query: jax.Array, key: jax.Array, value: jax.Array, *,
   num_positions, depth = key.shape[-2:]
   scale = depth**-0.5 if scaled else 1.0
   if implementation == 'reference':
-    logits = jnp.einsum('bqd,bkd->bqk', query, key,
-                        preferred_element_type=jnp.float32) * scale
-    if normalization == 'softmax':
-      affinity = jax.nn.softmax(logits, axis=-1)
-    else:
-      affinity = logits / num_positions
-    return jnp.einsum('bqk,bkd->bqd', affinity.astype(value.dtype), value)
+    weights = affinity(query, key, normalization=normalization, scaled=scaled)
+    return jnp.einsum('bqk,bkd->bqd', weights.astype(value.dtype), value)
   if normalization == 'mean':
     context = jnp.einsum('bkd,bke->bde', key, value,
                          preferred_element_type=jnp.float32)
@@ -82,6 +77,21 @@ def spatial_attention(query: jax.Array, key: jax.Array, value: jax.Array, *,
     except (NotImplementedError, RuntimeError) as e:
       logging.warning('cuDNN attention unavailable (%s); using blockwise.', e)
   return blockwise_softmax_attention(query, key, value, scale, block_size)
+
+
+def affinity(query: jax.Array, key: jax.Array, *, normalization: str = 'softmax',
+             scaled: bool = False) -> jax.Array:
+  """normalize(query key^T), the attention weights: [B, Q, D], [B, N, D] -> float32 [B, Q, N].
+
+  The 'reference' implementation's, and the attention maps' for chosen queries.
+  """
+  num_positions, depth = key.shape[-2:]
+  logits = jnp.einsum('bqd,bkd->bqk', query, key, preferred_element_type=jnp.float32)
+  if scaled:
+    logits = logits * depth**-0.5
+  if normalization == 'softmax':
+    return jax.nn.softmax(logits, axis=-1)
+  return logits / num_positions
 
 
 def cudnn_applies(query: jax.Array, value: jax.Array) -> bool:

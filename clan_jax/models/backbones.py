@@ -8,7 +8,7 @@ its top-level map L_N and its mid-level maps L_s from these by name.
 Adding a backbone: a model file beside this one (the module, and how its
 torchvision state dict maps onto its parameter tree), then one entry in
 `BACKBONES`. Nothing else changes: `CLAN`, config validation and
-`clan_jax.pretrained` read everything from the entry.
+`clan_jax.models.torchvision_weights` read everything from the entry.
 """
 from collections.abc import Callable, Mapping, Sequence
 import dataclasses
@@ -24,7 +24,7 @@ from clan_jax.models import resnet, vgg
 class TorchvisionLayout:
   """How a backbone family's torchvision state dict maps onto its Flax tree.
 
-  Generic part (clan_jax/pretrained.py): torch key 'a.b.c.leaf' becomes the
+  Generic part (clan_jax/models/torchvision_weights.py): torch key 'a.b.c.leaf' becomes the
   Flax module path a/b/c with leaf weight -> kernel (conv OIHW -> HWIO, linear
   transposed) or BatchNorm scale, bias -> bias, running_mean/var ->
   batch_stats mean/var. The family supplies the rest.

@@ -59,7 +59,7 @@ class CLCA(nn.Module):
     f = g + conv1x1(name='w_l')(mid)
     theta = conv1x1(name='w_theta')(f)
     phi = conv1x1(name='w_phi')(f)
-    # For attention maps (clan_jax/attention_maps.py): the affinity of any
+    # For attention maps (clan_jax/inference/attention_maps.py): the affinity of any
     # query position follows from these; no-ops unless 'intermediates' is mutable.
     self.sow('intermediates', 'query', theta)
     self.sow('intermediates', 'key', phi)

@@ -193,7 +193,7 @@ def create_resnet(variant: str, **kwargs) -> ResNet:
   return ResNet(stage_sizes=stage_sizes, block_cls=block_cls, **kwargs)
 
 
-# --- torchvision state dicts (see clan_jax/pretrained.py) ------------------------------
+# --- torchvision state dicts (see clan_jax/models/torchvision_weights.py) ------------------------------
 
 
 def torchvision_module_path(modules: list[str]) -> list[str]:

@@ -166,7 +166,7 @@ def variant_name(depth: int, batch_norm: bool) -> str:
   return f'vgg{depth}{"_bn" if batch_norm else ""}'
 
 
-# --- torchvision state dicts (see clan_jax/pretrained.py) ------------------------------
+# --- torchvision state dicts (see clan_jax/models/torchvision_weights.py) ------------------------------
 
 
 def torchvision_variant(keys: Sequence[str]) -> str:

@@ -7,7 +7,7 @@ metric and stops the run or lets it go on, as config.on_nonfinite says.
 from absl import logging
 import ml_collections
 
-from clan_jax import checkpointing
+from clan_jax.workdir import checkpointing
 from clan_jax.user_errors import UserError
 
 

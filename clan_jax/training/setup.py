@@ -46,7 +46,7 @@ def create(config: ml_collections.ConfigDict, num_classes: int, mesh: Mesh, *,
     mesh: from `sharding.create_mesh(config.mesh)`.
     steps_per_epoch, total_steps: train steps, for the learning-rate schedule.
     initialize: applied to the fresh state before its sharding is read, e.g.
-      `pretrained.initialize` for config.init.
+      `initialization.initialize` for config.init.
   """
   model = models.create_model(config.model, num_classes)
   branches = models.branch_names(config.model.mid_level_taps, config.model.use_clca,

@@ -1,5 +1,5 @@
 """The train and eval steps: pure functions of (state, batch), compiled with jax.jit."""
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 import functools
 from typing import Any
 
@@ -193,3 +193,17 @@ def _jit_replicated_out(step, mesh: Mesh, state_sharding):
       step,
       in_shardings=(state_sharding, sharding.batch_sharding(mesh)),
       out_shardings=sharding.replicated(mesh))
+
+
+def evaluate(eval_step: Callable, state: TrainState, batches: Iterable[Any],
+             metrics_cls: type[metrics.Collection]) -> dict[str, float]:
+  """Runs `eval_step` over every (padded) global batch; returns the computed metrics.
+
+  Also returns 'num_examples', the number of real (unmasked) examples seen.
+  """
+  collected = metrics_cls.empty()
+  for batch in batches:
+    collected = collected.merge(eval_step(state, batch))
+  results = {k: float(v) for k, v in collected.compute().items()}
+  results['num_examples'] = int(collected.loss.count)
+  return results

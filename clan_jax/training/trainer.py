@@ -1,5 +1,4 @@
 """train_and_evaluate: from a config to a trained, checkpointed, evaluated CLAN."""
-from collections.abc import Callable
 import math
 import os
 from typing import Any
@@ -11,26 +10,12 @@ from jax.experimental import multihost_utils
 import ml_collections
 import tensorflow as tf
 
-from clan_jax import (checkpointing, config_validation, pretrained, sharding,
-                      trained_model, workdir_lock)
+from clan_jax import sharding
 from clan_jax.data import input_pipeline
-from clan_jax.training import interrupts, nonfinite, setup
-from clan_jax.training.train_state import TrainState
+from clan_jax.training import (config_validation, initialization, interrupts, nonfinite,
+                               setup, steps)
 from clan_jax.user_errors import UserError
-
-
-def evaluate(eval_step: Callable, state: TrainState, batches, metrics_cls
-             ) -> dict[str, float]:
-  """Runs `eval_step` over every (padded) global batch; returns the computed metrics.
-
-  Also returns 'num_examples', the number of real (unmasked) examples seen.
-  """
-  collected = metrics_cls.empty()
-  for batch in batches:
-    collected = collected.merge(eval_step(state, batch))
-  results = {k: float(v) for k, v in collected.compute().items()}
-  results['num_examples'] = int(collected.loss.count)
-  return results
+from clan_jax.workdir import checkpointing, lock, trained_model
 
 
 def _dataset_builder(config: ml_collections.ConfigDict):
@@ -86,7 +71,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   mesh = sharding.create_mesh(config.mesh)
   sharding.check_batch_size(config.batch_size, mesh, 'batch_size')
   sharding.check_batch_size(config.eval_batch_size, mesh, 'eval_batch_size')
-  with workdir_lock.hold(workdir):
+  with lock.hold(workdir):
     return _train_and_evaluate(config, workdir, mesh)
 
 
@@ -111,7 +96,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   # `workdir` (resuming) replaces it below.
   run = setup.create(config, num_classes, mesh, steps_per_epoch=steps_per_epoch,
                      total_steps=total_steps,
-                     initialize=lambda state: pretrained.initialize(state, config))
+                     initialize=lambda state: initialization.initialize(state, config))
   state, branches = run.state, run.branches
   train_metrics_cls, eval_metrics_cls = run.train_metrics_cls, run.eval_metrics_cls
   train_step, eval_step = run.train_step, run.eval_step
@@ -129,7 +114,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     eval_ds, _ = input_pipeline.create_eval_dataset(config, builder, split)
     batches = sharding.to_global_batches(input_pipeline.as_numpy(eval_ds),
                                          sharding.batch_sharding(mesh))
-    return evaluate(eval_step, state, batches, eval_metrics_cls)
+    return steps.evaluate(eval_step, state, batches, eval_metrics_cls)
 
   writer = metric_writers.create_default_writer(
       workdir, just_logging=jax.process_index() > 0)

@@ -18,9 +18,10 @@ from jax.sharding import Mesh
 import ml_collections
 import tensorflow as tf
 
-from clan_jax import checkpointing, models, sharding
-from clan_jax.training.train_state import TrainState, abstract_variables
+from clan_jax import models, sharding
+from clan_jax.models.variables import abstract_variables
 from clan_jax.user_errors import MissingFileError, UserError
+from clan_jax.workdir import checkpointing
 
 CONFIG_FILE = 'config.json'
 CLASSES_FILE = 'classes.json'
@@ -39,12 +40,6 @@ class TrainedModel:
   class_names: list[str]
   step: int
   mesh: Mesh  # the variables are replicated over it
-
-  def eval_state(self) -> TrainState:
-    """The variables as a TrainState without optimizer, for `clan_jax.training.steps`."""
-    return TrainState(step=self.step, apply_fn=self.model.apply,
-                      params=self.variables['params'],
-                      batch_stats=self.variables['batch_stats'], tx=None, opt_state=None)
 
 
 def save_run_info(workdir: str, config: ml_collections.ConfigDict,

@@ -20,8 +20,7 @@ The classifier (`fc`, VGG's `classifier`) is kept for parity checks; CLAN's
 backbone has none and ignores it. Converted weights are saved as a flat `.npz`
 (these keys, plus `variant`).
 
-`initialize` applies `config.init` to a fresh train state, checking the file's
-variant, keys and shapes first and naming every offending key.
+`clan_jax.training.initialization` puts them into a train state.
 """
 import dataclasses
 import os
@@ -29,20 +28,15 @@ import pickle
 import zipfile
 from typing import Any
 
-from absl import logging
 from flax import traverse_util
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 
-from clan_jax import trained_model
 from clan_jax.models import backbones
-from clan_jax.training.train_state import TrainState
 from clan_jax.user_errors import MissingFileError, UserError
 
 VARIANT_KEY = 'variant'
-_BACKBONE = 'backbone'  # CLAN's name for its backbone
 _TORCH_SUFFIXES = ('.pth', '.pt', '.bin')
 # A timm / torchvision checkpoint may wrap its state dict in a training record.
 _WRAPPER_KEYS = ('state_dict', 'model')
@@ -299,17 +293,17 @@ def load_weights(path: str, variant: str | None = None) -> BackboneWeights:
   if not os.path.exists(path):
     raise MissingFileError(f'Pretrained weights file {path} not found.')
   if not zipfile.is_zipfile(path):
-    raise UserError(f'{path} is not a .npz file of clan_jax.tools.convert_weights that can '
+    raise UserError(f'{path} is not a .npz file of clan_jax.cli.convert_weights that can '
                     'be read (it is not a zip archive).')
   try:
     with np.load(path, allow_pickle=False) as npz:
       arrays = {k: npz[k] for k in npz.files}
   except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
-    raise UserError(f'{path} is not a .npz file of clan_jax.tools.convert_weights that '
+    raise UserError(f'{path} is not a .npz file of clan_jax.cli.convert_weights that '
                     f'can be read ({_first_line(e)}).') from e
   if VARIANT_KEY not in arrays:
     raise UserError(f'{path} has no {VARIANT_KEY!r} entry: it was not written by '
-                    'clan_jax.tools.convert_weights.')
+                    'clan_jax.cli.convert_weights.')
   weights = BackboneWeights(str(arrays.pop(VARIANT_KEY)), arrays)
   if weights.variant not in backbones.BACKBONES:
     raise UserError(f'{path} holds a {weights.variant}, which is no registered backbone '
@@ -317,66 +311,3 @@ def load_weights(path: str, variant: str | None = None) -> BackboneWeights:
   if variant is not None and variant != weights.variant:
     raise WeightsMismatchError(f'{path} holds a {weights.variant}, not the requested {variant}.')
   return weights
-
-
-# --- Initialising a train state ------------------------------------------------------
-
-
-def _replace_variables(state: TrainState, arrays: dict[str, Any]) -> TrainState:
-  """`state` with the leaves named by flat `arrays` keys replaced, in each leaf's
-  dtype and sharding."""
-  flat = _flatten({'params': state.params, 'batch_stats': state.batch_stats})
-  for key, value in arrays.items():
-    leaf = flat[key]
-    flat[key] = jax.device_put(np.asarray(value).astype(leaf.dtype), leaf.sharding)
-  variables = traverse_util.unflatten_dict(flat, sep='/')
-  return state.replace(params=variables['params'], batch_stats=variables['batch_stats'])
-
-
-def initialize(state: TrainState, config: ml_collections.ConfigDict) -> TrainState:
-  """Applies `config.init` to a freshly initialised train state.
-
-  config.init.backbone_weights: a converted `.npz` or a `.safetensors` / `.pth`
-  ResNet, which replaces the params and batch_stats under 'backbone'.
-  config.init.checkpoint: a train.py workdir whose latest checkpoint replaces
-  all params and batch_stats (not the step or optimizer state).
-  Raises before anything is replaced if the file's depth, keys or shapes do not
-  match the model of `config.model`. Returns `state` unchanged if neither is set.
-  """
-  init = config.init
-  if init.backbone_weights and init.checkpoint:
-    raise UserError('Set at most one of config.init.backbone_weights and '
-                    'config.init.checkpoint.')
-  if not (init.backbone_weights or init.checkpoint):
-    return state
-  expected = _flatten({'params': state.params, 'batch_stats': state.batch_stats})
-  if init.backbone_weights:
-    source = init.backbone_weights
-    weights = load_weights(source)
-    if weights.variant != config.model.backbone:
-      raise WeightsMismatchError(
-          f'{source} holds a {weights.variant} backbone, but '
-          f'config.model.backbone={config.model.backbone!r}.')
-    classifier = weights.spec.torchvision.classifier
-    arrays = {}
-    for key, value in weights.arrays.items():
-      kind, rest = key.split('/', 1)
-      if rest.split('/')[0] != classifier:  # CLAN has its own heads
-        arrays[f'{kind}/{_BACKBONE}/{rest}'] = value
-    expected = {k: v for k, v in expected.items() if k.split('/')[1] == _BACKBONE}
-    target = (f'the {config.model.backbone} backbone of width '
-              f'{config.model.backbone_width} (config.model)')
-  else:
-    source = init.checkpoint
-    trained = trained_model.load(source)
-    arrays = _flatten(jax.device_get(trained.variables))
-    target = ('the model of config.model (config.init.checkpoint needs the same '
-              'architecture and number of classes)')
-    logging.info('config.init.checkpoint %s is at step %d.', source, trained.step)
-  check_arrays(arrays, expected, source, target)
-  state = _replace_variables(state, arrays)
-  loaded_modules = {k.split('/')[1] for k in arrays}
-  fresh = sorted(set(state.params) - loaded_modules)
-  logging.info('Initialised %d arrays (%s) from %s; freshly initialised: %s.',
-               len(arrays), ', '.join(sorted(loaded_modules)), source, fresh or 'nothing')
-  return state

@@ -31,9 +31,11 @@ import jax.numpy as jnp
 import numpy as np
 from PIL import Image, ImageDraw
 
-from clan_jax import trained_model, visualization
 from clan_jax.data import input_pipeline
+from clan_jax.inference import visualization
+from clan_jax.models import attention as attention_lib
 from clan_jax.user_errors import UserError
+from clan_jax.workdir import trained_model
 
 Point = tuple[float, float]
 
@@ -103,20 +105,24 @@ def compute(trained: trained_model.TrainedModel, images: Sequence[np.ndarray],
   clca = {}
   cells = {}
   for tap in config.model.mid_level_taps:
-    if config.model.use_clsa:
-      (attention,) = intermediates[f'clsa_{tap}']['attention']
+    # Blocks sow what their maps are made of (models/clca.py, models/clsa.py);
+    # a registered block that sows nothing has no map here.
+    top_block = intermediates.get(f'{config.model.top_block}_{tap}', {})
+    if config.model.use_clsa and 'attention' in top_block:
+      (attention,) = top_block['attention']
       clsa[tap] = attention[..., 0].astype(np.float32)  # [B, H_s, W_s]
-    if config.model.use_clca:
-      (query,) = intermediates[f'clca_{tap}']['query']  # [B, H_s, W_s, D]
-      (key,) = intermediates[f'clca_{tap}']['key']
-      height, width = query.shape[1:3]
+    mid_block = intermediates.get(f'{config.model.mid_block}_{tap}', {})
+    if config.model.use_clca and 'query' in mid_block and 'key' in mid_block:
+      (query,) = mid_block['query']  # [B, H_s, W_s, D]
+      (key,) = mid_block['key']
+      batch, height, width, depth = key.shape
       cells[tap] = [(min(int(fy * height), height - 1), min(int(fx * width), width - 1))
                     for fx, fy in fractions]
-      clca[tap] = np.stack([
-          _affinity_row(query[i, row, col], key[i],
-                        normalization=config.model.clca.normalization,
-                        scaled=config.model.clca.scaled)
-          for i, (row, col) in enumerate(cells[tap])])
+      queries = np.stack([query[i, row, col] for i, (row, col) in enumerate(cells[tap])])
+      weights = attention_lib.affinity(
+          queries[:, None], key.reshape(batch, height * width, depth),
+          normalization=config.model.clca.normalization, scaled=config.model.clca.scaled)
+      clca[tap] = np.asarray(weights).reshape(batch, height, width)
   return [AttentionMaps(image=image, crop_box=box, query_point=tuple(point),
                         clsa={tap: maps[i] for tap, maps in clsa.items()},
                         clca={tap: maps[i] for tap, maps in clca.items()},
@@ -131,21 +137,6 @@ def _intermediates(model: nn.Module, variables: dict[str, Any], images: np.ndarr
     _, state = model.apply(variables, images, train=False, mutable=['intermediates'])
     return state['intermediates']
   return forward(variables, images)
-
-
-def _affinity_row(query: np.ndarray, key: np.ndarray, *, normalization: str,
-                  scaled: bool) -> np.ndarray:
-  """One query's row of normalize(θ φ^T): [D], [H, W, D] -> float32 [H, W].
-
-  The normalisation of `clan_jax.models.attention.spatial_attention`, for a
-  single row: softmax over keys, or division by their number.
-  """
-  query, key = query.astype(np.float32), key.astype(np.float32)
-  logits = key @ query * (query.shape[-1]**-0.5 if scaled else 1.0)
-  if normalization == 'softmax':
-    weights = np.exp(logits - logits.max())
-    return weights / weights.sum()
-  return logits / logits.size
 
 
 def _fraction_in_box(point: Point, box: tuple[float, float, float, float],

@@ -1,30 +1,24 @@
 """Top-k classes of image files under a trained CLAN, and optionally their attention maps.
 
-  python -m clan_jax.predict --checkpoint=workdirs/default bird.jpg other.png
-  python -m clan_jax.predict --checkpoint=workdirs/default --top_k=3 \\
-      --attention_dir=/tmp/attention --query_point=60,40 bird.jpg
-
-Images (JPEG, PNG, GIF, BMP; any size, greyscale or with alpha) go through the
-evaluation preprocessing (`input_pipeline.preprocess_for_eval`) and are
-classified in batches over all local devices. A file that cannot be read is
-reported on stderr and skipped; the others are still classified, and the exit
-status is 1.
+The command is `python -m clan_jax.cli.predict`. Images (JPEG, PNG, GIF, BMP;
+any size, greyscale or with alpha) go through the evaluation preprocessing
+(`input_pipeline.preprocess_for_eval`) and are classified in batches over all
+local devices. A file that cannot be read
+gives a `Prediction` with its error; the others are still classified.
 """
 from collections.abc import Sequence
 import dataclasses
 import math
 import os
-import sys
 
-from absl import app, flags
 import jax
 import numpy as np
 
-from clan_jax import attention_maps, sharding, trained_model, user_errors
+from clan_jax import sharding
 from clan_jax.data import input_pipeline
-from clan_jax.training import steps
-
-FLAGS = flags.FLAGS
+from clan_jax.inference import attention_maps
+from clan_jax.training import steps, train_state
+from clan_jax.workdir import trained_model
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,7 +52,7 @@ def probabilities(trained: trained_model.TrainedModel,
     flip_tta: average each image with its mirror image.
   """
   config = trained.config
-  state = trained.eval_state()
+  state = train_state.eval_state(trained.model, trained.variables, trained.step)
   mesh = trained.mesh
   devices = sharding.num_batch_shards(mesh)
   batch_size = batch_size or config.eval_batch_size
@@ -124,65 +118,3 @@ def predict_files(trained: trained_model.TrainedModel, paths: Sequence[str], *,
               for path, p, classes in zip(images, probs, top)}
   return [Prediction(path, top_k=ranked[path]) if path in images
           else Prediction(path, error=errors[path]) for path in paths]
-
-
-def _parse_point(text: str | None) -> tuple[float, float] | None:
-  if text is None:
-    return None
-  try:
-    x, y = (float(v) for v in text.split(','))
-  except ValueError as e:
-    raise app.UsageError(f'--query_point={text!r} must be "x,y", e.g. 60,40.') from e
-  return x, y
-
-
-def _define_flags() -> None:
-  # Here rather than at import, so that the commands' modules import together.
-  flags.DEFINE_string('checkpoint', None, 'A train.py workdir (config.json, classes.json, '
-                      'checkpoints/).', required=True)
-  flags.DEFINE_integer('step', None, 'Checkpoint step; default: the latest.')
-  flags.DEFINE_integer('top_k', 5, 'Classes to print per image.')
-  flags.DEFINE_integer('batch_size', None, 'Images per forward pass (rounded up to a '
-                       'multiple of the device count); default: config.eval_batch_size.')
-  flags.DEFINE_bool('flip_tta', False, 'Average each image with its mirror image '
-                    '(steps.eval_outputs).')
-  flags.DEFINE_string('attention_dir', None, 'If set, write the attention-map overlays of '
-                      'every image here (attention_maps.save).')
-  flags.DEFINE_string('query_point', None, 'CLCA query "x,y" in the pixels of every image; '
-                      'default: each image\'s centre.')
-
-
-def main(argv):
-  paths = argv[1:]
-  if not paths:
-    raise app.UsageError('Give at least one image file after the flags.')
-  if FLAGS.top_k < 1:
-    raise app.UsageError(f'--top_k={FLAGS.top_k} must be at least 1.')
-  query_point = _parse_point(FLAGS.query_point)
-  # All local devices, whatever the training mesh was.
-  trained = trained_model.load(FLAGS.checkpoint, step=FLAGS.step)
-  try:
-    predictions = predict_files(
-        trained, paths, top_k=FLAGS.top_k, batch_size=FLAGS.batch_size,
-        flip_tta=FLAGS.flip_tta, attention_dir=FLAGS.attention_dir, query_point=query_point)
-  except ValueError as e:  # --query_point outside an image's crop
-    raise app.UsageError(str(e)) from e
-  for prediction in predictions:
-    if prediction.error:
-      print(f'error: {prediction.error}', file=sys.stderr)
-      continue
-    print(prediction.path)
-    for name, probability in prediction.top_k:
-      print(f'  {probability:7.2%}  {name}')
-  if FLAGS.attention_dir:
-    print(f'Attention maps in {FLAGS.attention_dir}')
-  failed = sum(p.error is not None for p in predictions)
-  if failed:
-    print(f'{failed} of {len(predictions)} files could not be read.', file=sys.stderr)
-    sys.exit(1)
-
-
-if __name__ == '__main__':
-  _define_flags()
-  jax.config.config_with_absl()
-  user_errors.run(main)

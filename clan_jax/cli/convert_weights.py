@@ -1,16 +1,17 @@
 """Converts a torchvision / timm backbone checkpoint to a `.npz` for config.init.backbone_weights.
 
-  python -m clan_jax.tools.convert_weights --src=resnet50.pth --out=resnet50.npz
-  python -m clan_jax.tools.convert_weights --src=model.safetensors --out=r50.npz --variant=resnet50
-  python -m clan_jax.tools.convert_weights --src=vgg16_bn.pth --out=vgg16_bn.npz
+  python -m clan_jax.cli.convert_weights --src=resnet50.pth --out=resnet50.npz
+  python -m clan_jax.cli.convert_weights --src=model.safetensors --out=r50.npz --variant=resnet50
+  python -m clan_jax.cli.convert_weights --src=vgg16_bn.pth --out=vgg16_bn.npz
 
 `.safetensors` needs no PyTorch; `.pth` does, and is read with
 torch.load(weights_only=True). Any backbone of clan_jax/models/backbones.py
-converts (ResNets, VGGs); see clan_jax/pretrained.py for the mapping.
+converts (ResNets, VGGs); see clan_jax/models/torchvision_weights.py for the mapping.
 """
 from absl import app, flags
 
-from clan_jax import pretrained, user_errors
+from clan_jax import user_errors
+from clan_jax.models import torchvision_weights
 
 flags.DEFINE_string('src', None, 'A torchvision / timm state dict: .safetensors or .pth.')
 flags.DEFINE_string('out', None, 'The .npz to write.')
@@ -24,8 +25,8 @@ FLAGS = flags.FLAGS
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  weights = pretrained.load_weights(FLAGS.src, FLAGS.variant)
-  pretrained.save_npz(FLAGS.out, weights)
+  weights = torchvision_weights.load_weights(FLAGS.src, FLAGS.variant)
+  torchvision_weights.save_npz(FLAGS.out, weights)
   head = f', fc head of {weights.num_classes} classes' if weights.num_classes else ''
   print(f'Wrote {FLAGS.out}: {weights.variant} of width {weights.width}, '
         f'{len(weights.arrays)} arrays{head}.')

@@ -1,36 +1,30 @@
 """Evaluates a trained CLAN on a whole split: top-1/top-5, per-class accuracy, confusion matrix.
 
-  python -m clan_jax.evaluate --checkpoint=workdirs/default
-  python -m clan_jax.evaluate --checkpoint=workdirs/default --split=train --step=1400 \\
-      --flip_tta --out=/tmp/eval
-  python -m clan_jax.evaluate --checkpoint=/tmp/cub --config=configs/cub.py \\
-      --config.data_dir=/data/tfds --config.mesh.data=1
-
-The workdir's config.json gives the model and, by default, the data. With
+The command is `python -m clan_jax.cli.evaluate`. The workdir's config.json
+gives the model and, by default, the data. With
 `--config`, the data and evaluation fields of that config (`OVERRIDABLE_FIELDS`,
 with any `--config.<field>` overrides) replace the stored ones; its model
 fields are ignored, as the checkpoint fixes the model.
 
-Evaluation is the training loop's own (`trainer.evaluate` over
+Evaluation is the training loop's own (`steps.evaluate` over
 `steps.eval_step`): jitted, sharded over config.mesh like training, the last
 batch padded and masked so that every image counts exactly once.
 """
 import json
 import os
-import re
 from typing import Any
 
-from absl import app, flags, logging
+from absl import logging
 import jax
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from clan_jax import models, sharding, trained_model, user_errors, visualization
+from clan_jax import models, sharding
 from clan_jax.data import input_pipeline
-from clan_jax.training import steps, trainer
+from clan_jax.inference import visualization
+from clan_jax.training import steps, train_state
 from clan_jax.user_errors import UserError
-
-FLAGS = flags.FLAGS
+from clan_jax.workdir import trained_model
 
 # What `--config` may change: where and how the data are read, and the devices.
 OVERRIDABLE_FIELDS = ('dataset', 'data_dir', 'synthetic', 'eval_split', 'resize_size',
@@ -89,7 +83,7 @@ def evaluate(workdir: str, *, split: str | None = None, step: int | None = None,
   branches = models.branch_names(config.model.mid_level_taps, config.model.use_clca,
                                  config.model.use_clsa)
   metrics_cls = steps.eval_metrics_collection(branches)
-  state = trained.eval_state()
+  state = train_state.eval_state(trained.model, trained.variables, trained.step)
   state_sharding = sharding.state_sharding(mesh, state)
   results = {'workdir': workdir, 'step': trained.step, 'split': split,
              'devices': mesh.size, 'class_names': trained.class_names,
@@ -108,7 +102,7 @@ def evaluate(workdir: str, *, split: str | None = None, step: int | None = None,
     eval_ds, _ = input_pipeline.create_eval_dataset(config, builder, split)
     batches = sharding.to_global_batches(input_pipeline.as_numpy(eval_ds),
                                          sharding.batch_sharding(mesh))
-    results['metrics'][mode] = trainer.evaluate(metrics_step, state, batches, metrics_cls)
+    results['metrics'][mode] = steps.evaluate(metrics_step, state, batches, metrics_cls)
     confusion = np.asarray(jax.device_get(sum(confusions)))
     results['confusion_matrix'][mode] = confusion.tolist()
     results['per_class_top1'][mode] = per_class_accuracy(confusion, trained.class_names)
@@ -167,62 +161,3 @@ def confusion_image(confusion: np.ndarray, title: str) -> Image.Image:
       draw.text((centre, margin - 4), str(i), fill='black', font=font, anchor='ms')
       draw.text((margin - 4, centre), str(i), fill='black', font=font, anchor='rm')
   return image
-
-
-def _summary(results: dict[str, Any]) -> str:
-  modes = list(results['metrics'])
-  names = [k[len('top1_'):] for k in results['metrics'][NO_TTA] if k.startswith('top1_')]
-  header = f"{'':>10}" + ''.join(f'{mode + " top1":>16}{mode + " top5":>16}' for mode in modes)
-  lines = [f"{results['workdir']} step {results['step']} on '{results['split']}': "
-           f"{results['metrics'][NO_TTA]['num_examples']} images, "
-           f"{results['devices']} devices.", header]
-  for name in names:
-    lines.append(f'{name:>10}' + ''.join(
-        f"{results['metrics'][mode][f'top1_{name}']:>16.2%}"
-        f"{results['metrics'][mode][f'top5_{name}']:>16.2%}" for mode in modes))
-  return '\n'.join(lines)
-
-
-def _default_out_dir(workdir: str, split: str, step: int) -> str:
-  # Split strings such as 'train[90%:]' hold characters unwelcome in paths.
-  return os.path.join(workdir, 'eval', re.sub(r'[^\w.-]+', '_', split) + f'_step{step}')
-
-
-def _define_flags() -> None:
-  # Here rather than at import, so that the commands' modules import together.
-  flags.DEFINE_string('checkpoint', None, 'A train.py workdir (config.json, classes.json, '
-                      'checkpoints/).', required=True)
-  user_errors.define_config_file(
-      'config', None, 'Optional config file whose data and evaluation fields '
-      "replace the workdir's (see clan_jax/evaluate.py); its model fields are ignored.",
-      lock_config=True)
-  flags.DEFINE_string('split', None, 'Split to evaluate, e.g. test or "train[90%:]"; '
-                      'default: config.eval_split.')
-  flags.DEFINE_integer('step', None, 'Checkpoint step; default: the latest.')
-  flags.DEFINE_bool('flip_tta', False, 'Also evaluate with horizontal-flip test-time '
-                    'augmentation (steps.eval_outputs).')
-  flags.DEFINE_string('out', None, 'Directory for results.json and the confusion '
-                      'matrices; default: <checkpoint>/eval/<split>_step<step>.')
-
-
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  overrides = None
-  config = user_errors.config_flag()
-  if config is not None:
-    overrides = {field: config[field] for field in OVERRIDABLE_FIELDS if field in config}
-  results = evaluate(FLAGS.checkpoint, split=FLAGS.split, step=FLAGS.step,
-                     flip_tta=FLAGS.flip_tta, overrides=overrides)
-  if jax.process_index() == 0:
-    out_dir = FLAGS.out or _default_out_dir(FLAGS.checkpoint, results['split'],
-                                            results['step'])
-    paths = write_results(results, out_dir)
-    print(_summary(results))
-    print('Wrote ' + ', '.join(paths))
-
-
-if __name__ == '__main__':
-  _define_flags()
-  jax.config.config_with_absl()
-  user_errors.run(main)

@@ -1,6 +1,6 @@
 """Exports a trained CLAN's inference function as serialised StableHLO (`jax.export`).
 
-  python -m clan_jax.export --checkpoint=workdirs/default --out=/tmp/clan.jax_exported
+  python -m clan_jax.cli.export --checkpoint=workdirs/default --out=/tmp/clan.jax_exported
 
 writes the serialised function to --out and a sidecar, `<out>.json`, with the
 class names, the input size and the preprocessing constants. The variables are
@@ -23,15 +23,13 @@ import json
 import os
 from typing import Any
 
-from absl import app, flags
 import jax
 from jax import export as jax_export
 import jax.numpy as jnp
 
-from clan_jax import models, trained_model, user_errors
+from clan_jax import models
 from clan_jax.data import input_pipeline
-
-FLAGS = flags.FLAGS
+from clan_jax.workdir import trained_model
 
 BATCH_DIM = 'batch'
 SIDECAR_SUFFIX = '.json'
@@ -102,34 +100,3 @@ def save(exported: jax_export.Exported, info: dict[str, Any], path: str) -> None
     f.write(exported.serialize())
   with open(path + SIDECAR_SUFFIX, 'w') as f:
     json.dump(info, f, indent=1)
-
-
-def _define_flags() -> None:
-  # Here rather than at import, so that the commands' modules import together.
-  flags.DEFINE_string('checkpoint', None, 'A train.py workdir (config.json, classes.json, '
-                      'checkpoints/).', required=True)
-  flags.DEFINE_string('out', None, 'File for the serialised function; the sidecar goes '
-                      'to <out>.json.', required=True)
-  flags.DEFINE_integer('step', None, 'Checkpoint step; default: the latest.')
-  flags.DEFINE_integer('batch_size', None, 'A fixed batch size; default: a symbolic one '
-                       '(any batch size at run time).')
-  flags.DEFINE_list('platforms', None, 'Platforms the function runs on, e.g. cpu,cuda,tpu; '
-                    'default: this machine\'s.')
-
-
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  trained = trained_model.load(FLAGS.checkpoint, step=FLAGS.step)
-  exported = export_inference(trained, batch_size=FLAGS.batch_size,
-                              platforms=FLAGS.platforms)
-  save(exported, sidecar(trained, exported), FLAGS.out)
-  print(f'Exported {FLAGS.checkpoint} step {trained.step} for {exported.platforms}, '
-        f'input {exported.in_avals[0].str_short()}: {FLAGS.out}, '
-        f'{FLAGS.out}{SIDECAR_SUFFIX}')
-
-
-if __name__ == '__main__':
-  _define_flags()
-  jax.config.config_with_absl()
-  user_errors.run(main)

@@ -1,0 +1,1 @@
+"""Command-line programs, `python -m clan_jax.cli.<name>`: flags and printing only."""

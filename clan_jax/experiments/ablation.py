@@ -1,0 +1,81 @@
+"""Ablation study: plain backbone, CLCA only, CLSA only and CLAN, on one config.
+
+The command is `python -m clan_jax.cli.ablate`; its docstring gives the protocol.
+"""
+from collections.abc import Sequence
+import json
+import os
+import time
+
+from absl import logging
+import ml_collections
+
+from clan_jax.experiments import ablation_report
+from clan_jax.training import trainer
+
+VARIANTS = {  # name: (use_clca, use_clsa)
+    'plain': (False, False),
+    'clca': (True, False),
+    'clsa': (False, True),
+    'clan': (True, True),
+}
+RUN_FILE = 'ablation_run.json'
+REPORT_FILE = 'ablation.md'
+PLOT_FILE = 'validation.png'
+
+
+def run_config(base: ml_collections.ConfigDict, variant: str, seed: int,
+               learning_rate: float, validation_percent: int) -> ml_collections.ConfigDict:
+  """The base config with one variant's switches, seed and learning rate.
+
+  `validation_percent` applies when the base config holds out nothing.
+  """
+  config = base.copy_and_resolve_references()
+  config.model.use_clca, config.model.use_clsa = VARIANTS[variant]
+  config.seed = seed
+  config.learning_rate = learning_rate
+  if not config.validation_percent:
+    config.validation_percent = validation_percent
+  return config
+
+
+def run_once(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """Trains (or resumes) one run; returns what `ablation_report` reads."""
+  record_path = os.path.join(workdir, RUN_FILE)
+  if os.path.exists(record_path):
+    logging.info('ablation: %s finished earlier, skipped.', workdir)
+    with open(record_path) as f:
+      return json.load(f)
+  start = time.time()
+  trainer.train_and_evaluate(config, workdir)
+  record = {'seconds': time.time() - start,
+            'history': ablation_report.read_history(workdir)}
+  with open(record_path, 'w') as f:
+    json.dump(record, f)
+  return record
+
+
+def run_study(base: ml_collections.ConfigDict, root: str, *, variants: Sequence[str],
+              seeds: int, learning_rates: Sequence[float], validation_percent: int
+              ) -> tuple[str, dict]:
+  """Every (variant, learning rate, seed) run under `root`, then the report.
+
+  Writes `root`/REPORT_FILE and `root`/PLOT_FILE; returns the markdown table
+  and the runs, keyed (variant, learning rate, seed).
+  """
+  runs = {}
+  # Learning rate, then seed, outermost: a study stopped early has every
+  # variant on the same runs so far.
+  for rate in learning_rates:
+    for seed in range(seeds):
+      for variant in variants:
+        workdir = os.path.join(root, variant, f'lr{rate:g}', f'seed{seed}')
+        logging.info('ablation: %s, learning rate %g, seed %d -> %s', variant, rate,
+                     seed, workdir)
+        runs[variant, rate, seed] = run_once(
+            run_config(base, variant, seed, rate, validation_percent), workdir)
+  table, chosen = ablation_report.summarize(runs)
+  with open(os.path.join(root, REPORT_FILE), 'w') as f:
+    f.write(table)
+  ablation_report.plot_validation(runs, chosen, os.path.join(root, PLOT_FILE))
+  return table, runs

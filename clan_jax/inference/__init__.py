@@ -1,0 +1,1 @@
+"""Using a trained workdir: evaluation, prediction, attention maps and export."""

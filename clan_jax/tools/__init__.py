@@ -1,1 +1,0 @@
-"""Command-line tools: `python -m clan_jax.tools.<name>`."""
