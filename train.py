@@ -1,7 +1,7 @@
 """Trains and evaluates CLAN.
 
   python train.py                                  # demo: synthetic data, CPU, minutes
-  python train.py --config=configs/cub.py --workdir=/tmp/cub --config.batch_size=64
+  python train.py --config=configs/cub.py --workdir=/tmp/cub --config.data.batch_size=64
 
 Several processes (hosts) as one job, each started with the same flags plus:
   --distributed                       # Cloud TPU, SLURM, Open MPI: detected

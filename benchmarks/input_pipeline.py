@@ -12,7 +12,7 @@ not like flat colour. The real builder (`cub_200_2011`) prepares it, half the
 images in each split as in CUB.
 
 It then times `create_train_dataset` of configs/cub.py (resize 512, random
-crop 448, flip, batch 32) with config.cache False and True, iterated as numpy
+crop 448, flip, batch 32) with config.data.cache False and True, iterated as numpy
 batches as the trainer does. Each first runs one untimed epoch, whose first
 batch includes reading the train split into memory (and, cached, decoding
 it: `input_pipeline._random_access_examples`); its time is printed
@@ -48,9 +48,9 @@ flags.DEFINE_string('data_dir', os.path.join(tempfile.gettempdir(),
 flags.DEFINE_integer('num_images', 600, 'Images of the generated dataset, '
                      'train and test together.')
 flags.DEFINE_integer('num_classes', 200, 'Classes of the generated dataset.')
-flags.DEFINE_integer('image_size', 448, 'Crop size (config.image_size).')
+flags.DEFINE_integer('image_size', 448, 'Crop size (config.data.image_size).')
 flags.DEFINE_integer('resize_size', 512, 'Shorter side before cropping '
-                     '(config.resize_size).')
+                     '(config.data.resize_size).')
 flags.DEFINE_integer('batch_size', 32, 'Training batch size.')
 flags.DEFINE_integer('eval_batch_size', 64, 'Evaluation batch size.')
 flags.DEFINE_float('epochs', 10.0, 'Timed epochs of each training pipeline.')
@@ -137,7 +137,7 @@ def _rate(images: int, wall_s: float, cpu_s: float) -> str:
 
 def time_train(config, builder, *, cache: bool, threads: int = 0) -> str:
   config = copy.deepcopy(config)
-  config.cache = cache
+  config.data.cache = cache
   # Building the dataset reads the train split into memory (and, cached,
   # decodes it: input_pipeline._random_access_examples), so the first batch's
   # time counts from here.
@@ -147,22 +147,22 @@ def time_train(config, builder, *, cache: bool, threads: int = 0) -> str:
     options = tf.data.Options()
     options.threading.private_threadpool_size = threads
     ds = ds.with_options(options)
-  examples = input_pipeline.num_examples(builder, config.train_split)
-  epoch = math.ceil(examples / config.batch_size)
-  timed = math.ceil(FLAGS.epochs * examples / config.batch_size)
+  examples = input_pipeline.num_examples(builder, config.data.train_split)
+  epoch = math.ceil(examples / config.data.batch_size)
+  timed = math.ceil(FLAGS.epochs * examples / config.data.batch_size)
   iterator = input_pipeline.as_numpy(ds)
   first_s = _consume(iterator, 1)[0] + time.perf_counter() - started
   warm_s = first_s + _consume(iterator, epoch - 1)[0]
   timed_s = _consume(iterator, timed)
   name = f'train, cache={cache}' + (f', {threads}-thread pool' if threads else '')
   return (f'{name:<33} {first_s:6.1f} s {warm_s:6.1f} s '
-          f'{epoch * config.batch_size / warm_s:7.1f} img/s   '
-          + _rate(timed * config.batch_size, *timed_s))
+          f'{epoch * config.data.batch_size / warm_s:7.1f} img/s   '
+          + _rate(timed * config.data.batch_size, *timed_s))
 
 
 def time_eval(config, builder) -> str:
   config = copy.deepcopy(config)
-  config.cache = False
+  config.data.cache = False
   ds, num_batches = input_pipeline.create_eval_dataset(config, builder, 'test')
   examples = input_pipeline.num_examples(builder, 'test')
   seconds = _consume(input_pipeline.as_numpy(ds), num_batches)
@@ -199,18 +199,18 @@ def main(argv):
   del argv
   prepare_dataset(FLAGS.data_dir)
   config = cub.get_config()
-  config.data_dir = FLAGS.data_dir
-  config.image_size, config.resize_size = FLAGS.image_size, FLAGS.resize_size
-  config.batch_size, config.eval_batch_size = FLAGS.batch_size, FLAGS.eval_batch_size
+  config.data.data_dir = FLAGS.data_dir
+  config.data.image_size, config.data.resize_size = FLAGS.image_size, FLAGS.resize_size
+  config.data.batch_size, config.data.eval_batch_size = FLAGS.batch_size, FLAGS.eval_batch_size
   builder = input_pipeline.get_dataset_builder(config)
   splits = {name: split.num_examples for name, split in builder.info.splits.items()}
   load = ', '.join(f'{x:.2f}' for x in os.getloadavg())
   print(f'{len(os.sched_getaffinity(0))} cores ({_cpu_model()}), TF {tf.__version__}, '
         f'TFDS {tfds.__version__}, Python {platform.python_version()}; '
         f'load average {load} at start')
-  print(f'cub_200_2011 look-alike {splits}; resize {config.resize_size}, crop '
-        f'{config.image_size}, batch {config.batch_size} (eval '
-        f'{config.eval_batch_size}); '
+  print(f'cub_200_2011 look-alike {splits}; resize {config.data.resize_size}, crop '
+        f'{config.data.image_size}, batch {config.data.batch_size} (eval '
+        f'{config.data.eval_batch_size}); '
         f'{FLAGS.epochs:g} timed epochs after 1 untimed')
   print(f'{"pipeline":<33} {"untimed: 1st batch, 1st epoch":>31}   '
         f'{"timed":>30}', flush=True)
@@ -219,10 +219,10 @@ def main(argv):
               lambda: time_train(config, builder, cache=True),
               lambda: time_eval(config, builder)):
     print(row(), flush=True)
-  cache_bytes = _cache_bytes(config.resize_size)
+  cache_bytes = _cache_bytes(config.data.resize_size)
   if cache_bytes:
     print(f'cache: {np.mean(cache_bytes) / 2**20:.2f} MiB per training image '
-          f'(uint8, shorter side {config.resize_size}), '
+          f'(uint8, shorter side {config.data.resize_size}), '
           f'{np.sum(cache_bytes) / 2**30:.2f} GiB here')
   # ru_maxrss is in KiB on Linux.
   print('process peak RSS '

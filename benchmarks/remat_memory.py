@@ -17,7 +17,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks.timing import saved_activation_bytes  # pylint: disable=g-import-not-at-top
 from clan_jax import models
 from clan_jax.models import remat
-from configs import default
+from configs import base
 
 flags.DEFINE_integer('size', 448, 'Square input resolution.')
 flags.DEFINE_integer('batch', 32, 'Batch size.')
@@ -35,7 +35,7 @@ def main(argv):
   for dtype in FLAGS.dtypes:
     figures = []
     for mode in remat.MODES:
-      config = default.get_model_config()
+      config = base.get_model_config()
       config.backbone, config.backbone_width = FLAGS.backbone, FLAGS.width
       config.dtype, config.remat = dtype, mode
       model = models.create_model(config, num_classes=200)

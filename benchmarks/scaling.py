@@ -36,7 +36,7 @@ import jax
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks.timing import time_train_step  # pylint: disable=g-import-not-at-top
-from configs import default
+from configs import base
 
 flags.DEFINE_integer('size', 448, 'Square input resolution.')
 flags.DEFINE_integer('batch', 32, 'Global batch size.')
@@ -134,7 +134,7 @@ def main(argv):
   rows = []
   for dtype in FLAGS.dtypes:
     for remat in FLAGS.remat:
-      model_config = default.get_model_config()
+      model_config = base.get_model_config()
       model_config.backbone, model_config.backbone_width = FLAGS.backbone, FLAGS.width
       model_config.dtype, model_config.remat = dtype, remat
       t = time_train_step(model_config, image_size=FLAGS.size, batch_size=FLAGS.batch,

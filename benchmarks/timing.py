@@ -74,7 +74,7 @@ def time_train_step(model_config: ml_collections.ConfigDict, *, image_size: int,
   """Compiles the train step of `model_config`, runs `warmup` steps, times `num_steps`."""
   config = default.get_config()
   config.model = model_config
-  config.image_size = image_size
+  config.data.image_size = image_size
   mesh = sharding.create_mesh(config.mesh)
   run = setup.create(config, num_classes, mesh, steps_per_epoch=100, total_steps=10_000)
   state, train_step = run.state, run.train_step

@@ -20,7 +20,7 @@ import jax
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks.timing import time_train_step  # pylint: disable=g-import-not-at-top
 from clan_jax.models import backbones  # pylint: disable=g-import-not-at-top
-from configs import default
+from configs import base
 
 flags.DEFINE_string('backbone', 'resnet50', 'A name in clan_jax/models/backbones.py.')
 flags.DEFINE_integer('scales', 2, "CLAN's number of scales: the backbone's default taps "
@@ -51,7 +51,7 @@ def main(argv):
         f'{jax.device_count()} x {jax.devices()[0].device_kind}, JAX {jax.__version__}; '
         f'mean of {FLAGS.steps} steps after {FLAGS.warmup} warm-up steps')
   taps = backbones.get(FLAGS.backbone).taps[FLAGS.scales]
-  clan, plain = default.get_model_config(), default.get_model_config()
+  clan, plain = base.get_model_config(), base.get_model_config()
   for model_config in (clan, plain):
     model_config.backbone, model_config.dtype = FLAGS.backbone, FLAGS.dtype
     model_config.mid_level_taps = taps

@@ -8,7 +8,7 @@ environment failure and keeps its traceback.
   if __name__ == '__main__':
     user_errors.run(main)
 """
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 import os
 import sys
 from typing import Any, NoReturn
@@ -56,6 +56,32 @@ def flag_error_message(error: Exception) -> str:
   return ' '.join(f'unknown config field {field}. {suggestion}'.split())
 
 
+def _grouped_field_hint(message: str, name: str, path: str | None,
+                        argv: Sequence[str]) -> str:
+  """' Did you mean --config.<group>.<field>?' when the unknown field of `message`
+  is one the config file holds in a group (a flat name from before the grouping)."""
+  for arg in argv:
+    if arg.startswith(f'--{name}='):
+      path = arg.split('=', 1)[1]
+  unknown = message.split("'")
+  if path is None or len(unknown) < 3 or 'Did you mean' in message:
+    return ''
+  try:
+    config = config_flags.config_flags.ConfigFileFlagParser(name=name).parse(path)  # pylint: disable=protected-access
+    found = sorted(p for p, _ in _leaves(config) if p.split('.')[-1] == unknown[1])
+  except (OSError, ImportError, SyntaxError, *FLAG_ERRORS):
+    return ''  # the config file's own error is reported where it is used
+  return (' Did you mean ' + ' or '.join(f'--{name}.{p}' for p in found) + '?') if found else ''
+
+
+def _leaves(config: Any, prefix: str = '') -> Iterator[tuple[str, Any]]:
+  """(dotted path, value) of every field of a ConfigDict, groups included."""
+  for key, value in config.items():
+    yield prefix + key, value
+    if hasattr(value, 'items'):
+      yield from _leaves(value, f'{prefix}{key}.')
+
+
 def parse_flags(argv: Sequence[str], flag_values: flags.FlagValues = flags.FLAGS
                 ) -> list[str]:
   """Parses `argv` into `flag_values`, as absl.app.run does.
@@ -66,7 +92,11 @@ def parse_flags(argv: Sequence[str], flag_values: flags.FlagValues = flags.FLAGS
   try:
     return flag_values(argv)
   except FLAG_ERRORS as e:
-    raise UserError(flag_error_message(e)) from e
+    message = flag_error_message(e)
+    for flag in flag_values:
+      if isinstance(flag_values[flag], config_flags.config_flags._ConfigFlag):  # pylint: disable=protected-access
+        message += _grouped_field_hint(message, flag, flag_values[flag].default_as_str, argv)
+    raise UserError(message) from e
   except OSError as e:
     # A config file that failed to load, met by one of its overrides.
     files = [arg.split('=', 1) for arg in argv if arg.startswith('--') and '=' in arg]
@@ -90,7 +120,9 @@ def define_config_file(name: str, default: str | None, help_string: str, *,
     config_flags.DEFINE_config_file(name, default, help_string, flag_values=flag_values,
                                     sys_argv=sys_argv, **kwargs)
   except FLAG_ERRORS as e:
-    fail(flag_error_message(e))
+    message = flag_error_message(e)
+    fail(message + _grouped_field_hint(message, name, default,
+                                       sys.argv if sys_argv is None else sys_argv))
 
 
 def _parse_flags(argv: Sequence[str]) -> list[str]:

@@ -1,9 +1,9 @@
 """CLAN 2-scale, ResNet-50, 448px on Stanford Cars (the paper's setting).
 
-  python train.py --config=configs/cars.py --config.data_dir=PATH --workdir=PATH
+  python train.py --config=configs/cars.py --config.data.data_dir=PATH --workdir=PATH
 """
-from configs import fine_grained
+from configs import base
 
 
 def get_config():
-  return fine_grained.get_config('stanford_cars')
+  return base.get_config('stanford_cars')

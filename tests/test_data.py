@@ -20,12 +20,12 @@ TINY = dict(num_classes=13, train_per_class=2, test_per_class=1, image_size=32,
 
 def _config(data_dir: str) -> ml_collections.ConfigDict:
   config = default.get_config()
-  config.data_dir = data_dir
-  config.synthetic.update(TINY)
-  config.resize_size = 32
-  config.image_size = 24
-  config.batch_size = 4
-  config.eval_batch_size = 4
+  config.data.data_dir = data_dir
+  config.data.synthetic.update(TINY)
+  config.data.resize_size = 32
+  config.data.image_size = 24
+  config.data.batch_size = 4
+  config.data.eval_batch_size = 4
   return config
 
 
@@ -161,7 +161,7 @@ def test_global_batch_does_not_depend_on_the_process_count(config, builder, monk
 
 def test_cached_and_uncached_streams_are_identical(config, builder):
   cached = _take(input_pipeline.create_train_dataset(config, builder), 8)
-  config.cache = False
+  config.data.cache = False
   uncached = _take(input_pipeline.create_train_dataset(config, builder), 8)
   for key in ('image', 'label'):
     np.testing.assert_array_equal(_stack(uncached, key), _stack(cached, key))
@@ -170,7 +170,7 @@ def test_cached_and_uncached_streams_are_identical(config, builder):
 def _eval_labels(config, builder) -> tuple[list[int], int, int]:
   """(labels of the real examples, batches seen, batches announced)."""
   ds, num_batches = input_pipeline.create_eval_dataset(config, builder, 'test')
-  batch_size = config.eval_batch_size // jax.process_count()
+  batch_size = config.data.eval_batch_size // jax.process_count()
   labels, seen = [], 0
   for batch in input_pipeline.as_numpy(ds):
     assert batch['image'].shape == (batch_size, 24, 24, 3)
@@ -205,25 +205,25 @@ def test_eval_splits_over_processes(config, builder, monkeypatch):
 
 def test_batch_size_must_divide_over_processes(config, builder, monkeypatch):
   monkeypatch.setattr(jax, 'process_count', lambda: 3)
-  with pytest.raises(ValueError, match='config.batch_size=4'):
+  with pytest.raises(ValueError, match='config.data.batch_size=4'):
     input_pipeline.create_train_dataset(config, builder)
-  with pytest.raises(ValueError, match='config.eval_batch_size=4'):
+  with pytest.raises(ValueError, match='config.data.eval_batch_size=4'):
     input_pipeline.create_eval_dataset(config, builder, 'test')
 
 
 def test_crop_larger_than_resize_is_an_error(config, builder):
-  config.image_size = 40
-  with pytest.raises(ValueError, match='config.resize_size'):
+  config.data.image_size = 40
+  with pytest.raises(ValueError, match='config.data.resize_size'):
     input_pipeline.create_train_dataset(config, builder)
 
 
 def test_unprepared_dataset_is_an_error(tmp_path):
   config = _config(str(tmp_path))
-  config.dataset = 'mnist'
+  config.data.dataset = 'mnist'
   with pytest.raises(FileNotFoundError, match="'mnist'.* not prepared"):
     input_pipeline.get_dataset_builder(config)
-  config.dataset = 'no_such_dataset'
-  with pytest.raises(ValueError, match='config.dataset'):
+  config.data.dataset = 'no_such_dataset'
+  with pytest.raises(ValueError, match='config.data.dataset'):
     input_pipeline.get_dataset_builder(config)
 
 
@@ -240,7 +240,7 @@ def test_decode_and_resize_any_image(shape, encode, expected):
 
 def test_validation_split_is_the_fixed_end_of_the_train_split(config, builder):
   assert input_pipeline.split_names(config) == ('train', None)
-  config.validation_percent = 25
+  config.data.validation_percent = 25
   train, validation = input_pipeline.split_names(config)
   assert (train, validation) == ('train[:75%]', 'train[75%:]')
   train_ids = set(_encoded_examples(builder, train))
@@ -252,8 +252,8 @@ def test_validation_split_is_the_fixed_end_of_the_train_split(config, builder):
 
 @pytest.mark.parametrize('percent', [100, -1])
 def test_bad_validation_percent_is_named(config, percent):
-  config.validation_percent = percent
-  with pytest.raises(ValueError, match='config.validation_percent'):
+  config.data.validation_percent = percent
+  with pytest.raises(ValueError, match='config.data.validation_percent'):
     input_pipeline.split_names(config)
 
 
@@ -267,6 +267,6 @@ def test_crop_to_box_keeps_the_pixels_the_box_touches():
 
 
 def test_crop_to_bbox_needs_boxes(config):
-  config.crop_to_bbox = True
-  with pytest.raises(ValueError, match='config.crop_to_bbox'):
+  config.data.crop_to_bbox = True
+  with pytest.raises(ValueError, match='config.data.crop_to_bbox'):
     input_pipeline.get_dataset_builder(config)

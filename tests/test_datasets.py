@@ -407,15 +407,15 @@ def test_cars(cars):
 def _check_eval_pipeline(prepared: Prepared) -> None:
   """The test split through the training code's evaluation pipeline."""
   config = test_config.get_config()
-  config.dataset = prepared.builder.name
-  config.data_dir = prepared.data_dir
+  config.data.dataset = prepared.builder.name
+  config.data.data_dir = prepared.data_dir
   builder = input_pipeline.get_dataset_builder(config)
   ds, num_batches = input_pipeline.create_eval_dataset(config, builder, 'test')
   batches = list(input_pipeline.as_numpy(ds))
   assert len(batches) == num_batches
   images, labels, masks = (np.concatenate([batch[key] for batch in batches])
                            for key in ('image', 'label', 'mask'))
-  assert images.shape[1:] == (config.image_size, config.image_size, 3)
+  assert images.shape[1:] == (config.data.image_size, config.data.image_size, 3)
   assert sorted(labels[masks == 1]) == sorted(
       item.label for item in prepared.items if 'test' in item.splits)
 

@@ -70,7 +70,7 @@ def files(tmp_path_factory) -> str:
 
 def _run_train(arguments: list[str], tmp: str, data_dir: str) -> str:
   """train.py's flag parsing and main, in this process; returns the error message."""
-  argv = ['train.py', '--config=configs/test.py', f'--config.data_dir={data_dir}',
+  argv = ['train.py', '--config=configs/test.py', f'--config.data.data_dir={data_dir}',
           f'--workdir={tmp}/workdir', *arguments]
   # train.py's flags; config_flags reads argv to know which overrides to define.
   flag_values = flags.FlagValues()

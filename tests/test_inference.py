@@ -27,10 +27,10 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def trained(data_dir, tmp_path_factory):
   """One tiny model trained for the whole module: (workdir, final eval metrics)."""
   config = test_config.get_config()
-  config.data_dir = data_dir
+  config.data.data_dir = data_dir
   # Long enough that predictions are not all one class.
   config.num_train_steps = 16
-  config.checkpoint_every_steps = 16
+  config.checkpoint.every_steps = 16
   workdir = str(tmp_path_factory.mktemp('workdir'))
   return workdir, trainer.train_and_evaluate(config, workdir)
 
@@ -86,7 +86,7 @@ def test_flip_tta_is_the_mean_over_both_predictions(trained):
   """On one device, with another batch size: the same plain numbers, and TTA as defined."""
   workdir, train_results = trained
   results = evaluate(workdir, flip_tta=True,
-                     overrides={'mesh': {'data': 1}, 'eval_batch_size': 6})
+                     overrides={'mesh': {'data': 1}, 'data': {'eval_batch_size': 6}})
   assert results['devices'] == 1
   plain, tta = results['metrics']['no_tta'], results['metrics']['flip_tta']
   assert plain['top1_combined'] == train_results['top1_combined']
@@ -119,20 +119,21 @@ def test_a_changed_optimizer_config_still_loads_and_evaluates(trained, tmp_path,
   with open(os.path.join(copy, trained_model.CONFIG_FILE)) as f:
     config = json.load(f)
   # Each of these changes the optax chain, and so the saved opt_state's structure.
-  config.update(momentum=0.0, nesterov=True, grad_accum_steps=4,
-                weight_decay_mode='decoupled', grad_clip_norm=1.0)
+  config['optim'].update(momentum=0.0, nesterov=True, grad_accum_steps=4,
+                         weight_decay_mode='decoupled', grad_clip_norm=1.0)
   with open(os.path.join(copy, trained_model.CONFIG_FILE), 'w') as f:
     json.dump(config, f)
   def no_optimizer(*args, **kwargs):
     raise AssertionError('loading a trained model built an optimizer')
   monkeypatch.setattr(optimizer, 'create_optimizer', no_optimizer)
-  results = evaluate(copy, overrides={'mesh': {'data': 1}, 'eval_batch_size': 6})
+  results = evaluate(copy, overrides={'mesh': {'data': 1}, 'data': {'eval_batch_size': 6}})
   assert results['step'] == 16
   assert results['metrics']['no_tta']['top1_combined'] == train_results['top1_combined']
 
 
 def test_a_workdir_from_before_the_registries_still_loads_and_resumes(trained, tmp_path):
-  """config.json without the model fields added since (ADDED_FIELD_DEFAULTS)."""
+  """config.json without the model fields added since (ADDED_FIELD_DEFAULTS), and
+  flat, as before the fields were grouped (trained_model.FLAT_FIELDS)."""
   workdir, _ = trained
   copy = str(tmp_path / 'workdir')
   shutil.copytree(workdir, copy)
@@ -146,6 +147,11 @@ def test_a_workdir_from_before_the_registries_still_loads_and_resumes(trained, t
       parent = parent[group]
     if parent[name] == default:
       del parent[name]
+  for old, new in trained_model.FLAT_FIELDS.items():
+    group, name = new.split('.')
+    config[old] = config[group].pop(name)
+  for group in ('data', 'loss', 'optim', 'checkpoint'):
+    assert not config.pop(group)
   with open(os.path.join(copy, trained_model.CONFIG_FILE), 'w') as f:
     json.dump(config, f)
   loaded = trained_model.load(copy)
@@ -153,7 +159,7 @@ def test_a_workdir_from_before_the_registries_still_loads_and_resumes(trained, t
   assert {'clca_layer2', 'clsa_layer3'} <= set(loaded.variables['params'])
   # Resuming it with today's config of the same model is not "another model".
   current = test_config.get_config()
-  current.data_dir = config['data_dir']
+  current.data.data_dir = config['data_dir']  # the flat layout's name
   trained_model.check_same_model(copy, current)
 
 
@@ -196,8 +202,8 @@ def test_predict_agrees_with_the_evaluation_path(trained, tmp_path):
   # JPEG changes pixels: compare with evaluation's operations on its decoded pixels.
   with open(jpeg, 'rb') as f:
     decoded = input_pipeline.eval_crop(
-        input_pipeline.decode_and_resize(f.read(), model.config.resize_size),
-        model.config.image_size)
+        input_pipeline.decode_and_resize(f.read(), model.config.data.resize_size),
+        model.config.data.image_size)
   jpeg_probs = model.model.apply(model.variables, np.asarray(decoded)[None],
                                  train=False)['combined'][0]
   assert by_path[jpeg].top_k[0][0] == model.class_names[int(np.argmax(jpeg_probs))]

@@ -12,7 +12,7 @@ import pytest
 
 from clan_jax import models
 from clan_jax.models import attention, backbones, blocks, vgg
-from configs import default, vgg16
+from configs import base, vgg16
 
 # torchvision's parameter counts (weights and biases, BatchNorm running stats
 # excluded) with the 1000-class `fc` head.
@@ -218,7 +218,7 @@ def test_clsa_applies_the_downsampled_map_to_the_top_map():
 def test_clsa_rejects_indivisible_sizes_with_a_clear_error():
   mid = jnp.ones((1, 7, 7, 4))
   top = jnp.ones((1, 4, 4, 4))
-  with pytest.raises(ValueError, match='config.image_size'):
+  with pytest.raises(ValueError, match='config.data.image_size'):
     models.CLSA().init(jax.random.key(0), mid, top, train=False)
 
 
@@ -243,7 +243,7 @@ def test_clsa_gate_with_batchnorm_ignores_the_scale_of_its_input(norm):
 
 
 def _tiny_model_config(**switches):
-  m = default.get_model_config()
+  m = base.get_model_config()
   m.backbone, m.backbone_width = 'resnet18', 4
   m.update(switches)
   return m
@@ -422,10 +422,10 @@ def test_vgg16_config_file_takes_dataset_and_scales_on_the_command_line():
   config_flags.DEFINE_config_file('config', flag_values=flag_values, lock_config=True)
   flag_values(['train.py', '--config=configs/vgg16.py:aircraft,3,bn'])
   config = flag_values.config
-  assert config.dataset == 'fgvc_aircraft' and config.train_split == 'trainval'
-  assert config.model.backbone == 'vgg16_bn' and config.image_size == 448
+  assert config.data.dataset == 'fgvc_aircraft' and config.data.train_split == 'trainval'
+  assert config.model.backbone == 'vgg16_bn' and config.data.image_size == 448
   assert tuple(config.model.mid_level_taps) == ('block2', 'block3', 'block4')
-  assert set(config.branch_weights) == {'block2', 'block3', 'block4', 'top', 'refined'}
+  assert set(config.loss.branch_weights) == {'block2', 'block3', 'block4', 'top', 'refined'}
   assert config.model.backbone_options.stage_output == 'pooled'
   models.validate_model_config(config.model)
   with pytest.raises(ValueError, match=r'configs/vgg16.py:cub,4: expected DATASET,SCALES'):

@@ -28,8 +28,8 @@ def _free_port() -> int:
 
 def _command(workdir, data_dir, num_devices):
   return [sys.executable, 'train.py', '--config=configs/test.py', f'--workdir={workdir}',
-          f'--config.data_dir={data_dir}', f'--config.num_train_steps={STEPS}',
-          '--config.log_every_steps=1', '--config.checkpoint_every_steps=3',
+          f'--config.data.data_dir={data_dir}', f'--config.num_train_steps={STEPS}',
+          '--config.log_every_steps=1', '--config.checkpoint.every_steps=3',
           '--jax_platforms=cpu', f'--jax_num_cpu_devices={num_devices}']
 
 

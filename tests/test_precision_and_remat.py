@@ -28,7 +28,7 @@ def test_bfloat16_step_trains_with_float32_state():
   config.mesh.data = 1
   mesh = sharding.create_mesh(config.mesh)
   state, train_step = _step(config, mesh)
-  batch = _batch(16, config.image_size, mesh)
+  batch = _batch(16, config.data.image_size, mesh)
   losses = []
   for _ in range(8):
     state, step_metrics = train_step(state, batch)
@@ -56,12 +56,12 @@ def test_remat_keeps_the_results_and_saves_fewer_activations():
   config = test_config.get_config()
   config.mesh.data = 1
   mesh = sharding.create_mesh(config.mesh)
-  batch = _batch(8, config.image_size, mesh)
+  batch = _batch(8, config.data.image_size, mesh)
   saved, results = {}, {}
   for mode in ('none', 'stages', 'all'):
     config.model.remat = mode
     saved[mode] = timing.saved_activation_bytes(
-        models.create_model(config.model, 4), config.image_size, 8)
+        models.create_model(config.model, 4), config.data.image_size, 8)
     if mode != 'stages':
       results[mode] = _one_step(config, mesh, batch)
   assert saved['all'] < saved['stages'] < 0.7 * saved['none'], saved

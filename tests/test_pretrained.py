@@ -17,9 +17,9 @@ from clan_jax.models import torchvision_weights
 from clan_jax.workdir import checkpointing, trained_model
 from clan_jax.models import vgg
 from clan_jax.models.resnet import STAGE_NAMES
-from clan_jax.training import initialization, optimizer, steps, trainer
-from clan_jax.training.train_state import abstract_train_state, create_train_state
-from configs import fine_grained
+from clan_jax.training import initialization, optimizer, setup, trainer
+from clan_jax.training.train_state import abstract_train_state
+from configs import base
 from configs import test as test_config
 from tests import torch_resnet, torch_vgg
 
@@ -57,26 +57,24 @@ def _config(**init):
 
 
 def _setup(config, num_classes=4):
-  """The model, optimizer and mesh of `config`, as the trainer builds them."""
-  mesh = sharding.create_mesh(config.mesh)
-  model = models.create_model(config.model, num_classes)
-  tx, lr_fn = optimizer.create_optimizer(config, steps_per_epoch=4, total_steps=100)
-  return model, tx, lr_fn, mesh
+  """What the trainer builds for `config` (`setup.create`); nothing is compiled yet."""
+  return setup.create(config, num_classes, sharding.create_mesh(config.mesh),
+                      steps_per_epoch=4, total_steps=100)
 
 
 @pytest.fixture(scope='module')
 def fresh_state():
   """A freshly initialised train state of configs/test.py (4 classes); compiling
   its init takes most of a CPU test's time, so tests share it."""
-  config = test_config.get_config()
-  model, tx, _, mesh = _setup(config)
-  return create_train_state(model, tx, jax.random.key(0), config.image_size, mesh)
+  return _setup(test_config.get_config()).state
 
 
 def _abstract_state(config, num_classes=4):
   """Shapes and shardings only: enough for checks that fail before replacing anything."""
-  model, tx, _, mesh = _setup(config, num_classes)
-  return abstract_train_state(model, tx, config.image_size, mesh)
+  mesh = sharding.create_mesh(config.mesh)
+  tx, _ = optimizer.create_optimizer(config, steps_per_epoch=4, total_steps=100)
+  return abstract_train_state(models.create_model(config.model, num_classes), tx,
+                              config.data.image_size, mesh)
 
 
 @pytest.mark.parametrize('variant', ['resnet18', 'resnet50'])
@@ -181,9 +179,9 @@ def test_vgg_keys_and_variants_are_checked(tmp_path):
 
 def test_clan_on_vgg16_starts_from_converted_weights(tmp_path):
   config = test_config.get_config()
-  fine_grained.set_backbone(config, 'vgg16_bn', 2)
-  model, tx, _, mesh = _setup(config)
-  state = create_train_state(model, tx, jax.random.key(0), config.image_size, mesh)
+  base.set_backbone(config, 'vgg16_bn', 2)
+  run = _setup(config)
+  model, state = run.model, run.state
   torch_model = torch_vgg.vgg(16, True, width=4, num_classes=3, classifier_width=8)
   paths = _save(torch_model.state_dict(), str(tmp_path), 'vgg16_bn_w4')
   config.init.backbone_weights = paths['safetensors']
@@ -255,7 +253,8 @@ def test_clan_from_converted_weights_starts_as_the_backbone_then_trains(
   for name in set(fresh_state.params) - {'backbone'}:
     jax.tree.map(np.testing.assert_array_equal, state.params[name], fresh_state.params[name])
 
-  model, _, lr_fn, mesh = _setup(config)
+  run = _setup(config)
+  model, mesh = run.model, sharding.create_mesh(config.mesh)
   images = np.random.default_rng(0).normal(size=(8, 32, 32, 3)).astype(np.float32)
   variables = {'params': state.params, 'batch_stats': state.batch_stats}
   _, intermediates = model.apply(variables, images, train=False,
@@ -268,11 +267,7 @@ def test_clan_from_converted_weights_starts_as_the_backbone_then_trains(
   for tap in config.model.mid_level_taps:  # zero-initialised CLCA is the identity
     np.testing.assert_array_equal(intermediates[f'clca_{tap}']['__call__'][0], features[tap])
 
-  branches = models.branch_names(config.model.mid_level_taps, True, True)
-  train_step = steps.jit_train_step(
-      mesh, sharding.state_sharding(mesh, state), branch_weights={}, label_smoothing=0.0,
-      learning_rate_fn=lr_fn, grad_accum_steps=1,
-      metrics_cls=steps.train_metrics_collection(branches, state.params))
+  train_step = run.train_step
   batch = jax.device_put({'image': images, 'label': np.arange(8, dtype=np.int32) % 4},
                          sharding.batch_sharding(mesh))
   state = jax.tree.map(jnp.copy, state)  # the step donates it; the fixture is shared
@@ -347,7 +342,7 @@ def test_depth_and_width_mismatches_stop_training_before_it_starts(tiny, data_di
                      match=r'no torchvision ResNet: \(2, 2, 2, 1\) basic blocks'):
     torchvision_weights.convert_state_dict(one_block_short)
   config = _config(backbone_weights=paths['safetensors'])
-  config.data_dir = data_dir
+  config.data.data_dir = data_dir
   config.model.backbone = 'resnet34'
   with pytest.raises(torchvision_weights.WeightsMismatchError,
                      match="holds a resnet18 backbone, but config.model.backbone='resnet34'"):

@@ -19,12 +19,12 @@ from clan_jax.models import backbones
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Appended to every command: later flags win, so these shrink any config.
-TINY = ['--config.dataset=clan_synthetic', '--config.synthetic.num_classes=4',
-        '--config.synthetic.train_per_class=8', '--config.synthetic.test_per_class=4',
-        '--config.synthetic.image_size=36', '--config.resize_size=36',
-        '--config.image_size=32', '--config.batch_size=8', '--config.eval_batch_size=8',
+TINY = ['--config.data.dataset=clan_synthetic', '--config.data.synthetic.num_classes=4',
+        '--config.data.synthetic.train_per_class=8', '--config.data.synthetic.test_per_class=4',
+        '--config.data.synthetic.image_size=36', '--config.data.resize_size=36',
+        '--config.data.image_size=32', '--config.data.batch_size=8', '--config.data.eval_batch_size=8',
         '--config.model.backbone_width=4',
-        '--config.num_train_steps=2', '--config.checkpoint_every_steps=2',
+        '--config.num_train_steps=2', '--config.checkpoint.every_steps=2',
         '--config.log_every_steps=1', '--config.mesh.data=1']
 def readme_commands(program: str) -> list[list[str]]:
   """The arguments of every command in README.md's code blocks that runs `program`."""
@@ -76,7 +76,7 @@ def test_readme_shows_the_ablation_commands():
 
 
 def test_every_readme_train_command_runs(data_dir, tmp_path):
-  commands = [_localise(c, tmp_path) + TINY + [f'--config.data_dir={data_dir}']
+  commands = [_localise(c, tmp_path) + TINY + [f'--config.data.data_dir={data_dir}']
               for c in readme_commands('train.py')]
   # The quickstart's default workdir would land in the repository.
   commands = [c if any(a.startswith('--workdir') for a in c)
@@ -99,7 +99,7 @@ def test_every_readme_train_command_runs(data_dir, tmp_path):
 @pytest.mark.parametrize('argv', readme_commands('-m clan_jax.cli.ablate'))
 def test_readme_ablation_command_runs(argv, data_dir, tmp_path):
   argv = _localise(argv, tmp_path) + TINY + [
-      f'--config.data_dir={data_dir}', '--variants=plain,clan', '--seeds=2',
+      f'--config.data.data_dir={data_dir}', '--variants=plain,clan', '--seeds=2',
       '--learning_rates=0.05,0.1', '--config.eval_every_epochs=1']
   if not any(a.startswith('--workdir') for a in argv):
     argv.append(f'--workdir={tmp_path / "ablation"}')

@@ -43,8 +43,8 @@ def _train(env, data_dir, workdir, *flags, fault=None):
   """train.py (through tests/faults.py with `fault`, e.g. 'sigterm:5') -> CompletedProcess."""
   program = 'tests/faults.py' if fault else 'train.py'
   command = [sys.executable, program, '--config=configs/test.py', f'--workdir={workdir}',
-             f'--config.data_dir={data_dir}', f'--config.num_train_steps={STEPS}',
-             '--config.mesh.data=1', '--config.checkpoint_every_steps=2', *flags]
+             f'--config.data.data_dir={data_dir}', f'--config.num_train_steps={STEPS}',
+             '--config.mesh.data=1', '--config.checkpoint.every_steps=2', *flags]
   run_env = dict(env, CLAN_JAX_FAULT=fault) if fault else env
   return subprocess.run(command, cwd=REPO, env=run_env, capture_output=True, text=True,
                         timeout=600)
@@ -71,7 +71,7 @@ def _assert_identical(workdir, expected, step=None):
 def reference(env, data_dir, tmp_path_factory):
   """An uninterrupted run keeping all its checkpoints: (workdir, final variables)."""
   workdir = tmp_path_factory.mktemp('reference')
-  run = _train(env, data_dir, workdir, '--config.keep_checkpoints=10')
+  run = _train(env, data_dir, workdir, '--config.checkpoint.keep=10')
   assert run.returncode == 0, run.stderr[-3000:]
   assert _steps(workdir) == [2, 4, 6, 8]
   assert not os.path.exists(workdir / lock.LOCK_FILE)
@@ -80,7 +80,7 @@ def reference(env, data_dir, tmp_path_factory):
 
 def test_killed_and_stopped_runs_resume_bit_identically(env, data_dir, reference, tmp_path):
   _, expected = reference
-  keep_one = '--config.keep_checkpoints=1'
+  keep_one = '--config.checkpoint.keep=1'
 
   # SIGKILL while orbax writes step 4: step 2 stays, though only one is kept.
   run = _train(env, data_dir, tmp_path, keep_one, fault='sigkill_save:4')
@@ -165,7 +165,7 @@ def test_truncated_latest_checkpoint_is_reported_and_the_previous_resumed(
   workdir = tmp_path / 'workdir'
   shutil.copytree(reference_dir, workdir)
   _truncate_data_files(workdir / 'checkpoints' / '8')
-  run = _train(env, data_dir, workdir, '--config.keep_checkpoints=10')
+  run = _train(env, data_dir, workdir, '--config.checkpoint.keep=10')
   assert run.returncode == 0, run.stderr[-3000:]
   warning = next(line for line in run.stderr.splitlines() if line.startswith('warning:'))
   assert f'checkpoint {workdir}/checkpoints/8 cannot be read (' in warning
@@ -183,11 +183,11 @@ def test_fallback_can_be_forbidden(reference, tmp_path):
   mesh = sharding.create_mesh(config.mesh, devices=jax.devices()[:1])
   tx, _ = optimizer.create_optimizer(config, 1, 1)
   target = abstract_train_state(models.create_model(config.model, 4), tx,
-                                config.image_size, mesh)
+                                config.data.image_size, mesh)
   checkpointer = checkpointing.Checkpointer(str(tmp_path / 'checkpoints'),
                                             save_every_steps=1, max_to_keep=None)
   with pytest.raises(UserError, match=r'checkpoint .*/checkpoints/8 cannot be read .*'
-                     r'config.checkpoint_fallback=False forbids'):
+                     r'config.checkpoint.fallback=False forbids'):
     checkpointer.restore_newest_readable(target, fallback=False)
   assert _steps(tmp_path) == [2, 4, 6, 8]  # nothing moved
   checkpointer.close()

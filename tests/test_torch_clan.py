@@ -10,11 +10,11 @@ import torch
 
 from benchmarks import torch_clan
 from clan_jax import models
-from configs import default
+from configs import base
 
 
 def test_torch_clan_has_the_parameter_shapes_of_the_jax_clan():
-  config = default.get_model_config()
+  config = base.get_model_config()
   config.backbone, config.backbone_width = 'resnet50', 8
   model = models.create_model(config, num_classes=7)
   params = jax.eval_shape(lambda x: model.init(jax.random.key(0), x, train=False),

@@ -14,7 +14,7 @@ from clan_jax.workdir import checkpointing, trained_model
 from clan_jax.data import input_pipeline
 from clan_jax.training import losses, optimizer, setup, steps, trainer
 from clan_jax.training.train_state import create_train_state
-from configs import fine_grained
+from configs import base
 from configs import test as test_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -22,7 +22,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def _config(data_dir, **overrides):
   config = test_config.get_config()
-  config.data_dir = data_dir
+  config.data.data_dir = data_dir
   config.update(overrides)
   return config
 
@@ -57,8 +57,9 @@ def test_loss_is_the_weighted_sum_of_branch_cross_entropies():
 
 @pytest.mark.parametrize('mode', ['l2', 'decoupled'])
 def test_new_layers_learn_faster_than_the_backbone(mode):
-  config = _config(None, learning_rate=0.1, new_layers_lr_multiplier=10.0, momentum=0.0,
-                   weight_decay=0.01, weight_decay_mode=mode, warmup_epochs=0.0)
+  config = _config(None, optim=dict(learning_rate=0.1, new_layers_lr_multiplier=10.0,
+                                     momentum=0.0, weight_decay=0.01, weight_decay_mode=mode,
+                                     warmup_epochs=0.0))
   tx, lr_fn = optimizer.create_optimizer(config, steps_per_epoch=10, total_steps=1000)
   params = {'backbone': {'w': jnp.ones(3)}, 'head_top': {'w': jnp.ones(3)}}
   grads = {'backbone': {'w': jnp.full(3, 2.0)}, 'head_top': {'w': jnp.full(3, 2.0)}}
@@ -75,8 +76,8 @@ def test_l2_decay_goes_through_momentum_and_decoupled_does_not():
   grads = {'backbone': {'w': jnp.zeros(1)}}
   second_updates = {}
   for mode in ('l2', 'decoupled'):
-    config = _config(None, momentum=0.9, weight_decay=0.1, weight_decay_mode=mode,
-                     warmup_epochs=0.0, learning_rate=1.0)
+    config = _config(None, optim=dict(momentum=0.9, weight_decay=0.1, weight_decay_mode=mode,
+                                       warmup_epochs=0.0, learning_rate=1.0))
     tx, _ = optimizer.create_optimizer(config, steps_per_epoch=10, total_steps=10**6)
     opt_state = tx.init(params)
     _, opt_state = tx.update(grads, opt_state, params)
@@ -87,7 +88,7 @@ def test_l2_decay_goes_through_momentum_and_decoupled_does_not():
 
 
 def test_gradient_accumulation_updates_every_k_steps():
-  config = _config(None, grad_accum_steps=2, warmup_epochs=0.0)
+  config = _config(None, optim=dict(grad_accum_steps=2, warmup_epochs=0.0))
   tx, _ = optimizer.create_optimizer(config, steps_per_epoch=10, total_steps=100)
   params = {'backbone': {'w': jnp.ones(2)}}
   grads = {'backbone': {'w': jnp.ones(2)}}
@@ -99,7 +100,7 @@ def test_gradient_accumulation_updates_every_k_steps():
 
 
 def test_loss_falls_on_a_tiny_batch():
-  config = _config(None, learning_rate=0.05)
+  config = _config(None, optim=dict(learning_rate=0.05))
   mesh = sharding.create_mesh(config.mesh)
   state, train_step = _setup(config, mesh)
   batch = _put(_batch(), mesh)
@@ -134,9 +135,9 @@ def test_eight_devices_match_one_device():
 
 
 def test_padded_eval_counts_a_13_example_split_exactly(data_dir):
-  config = _config(data_dir, eval_batch_size=8)
-  config.synthetic.num_classes = 13
-  config.synthetic.test_per_class = 1
+  config = _config(data_dir, data=dict(eval_batch_size=8))
+  config.data.synthetic.num_classes = 13
+  config.data.synthetic.test_per_class = 1
   builder = input_pipeline.get_dataset_builder(config)
   assert input_pipeline.num_examples(builder, 'test') == 13
   mesh = sharding.create_mesh(config.mesh)
@@ -166,7 +167,7 @@ def test_checkpoint_round_trip_restores_identical_state(tmp_path):
   mesh = sharding.create_mesh(config.mesh)
   model = models.create_model(config.model, 4)
   tx, _ = optimizer.create_optimizer(config, 4, 100)
-  state = create_train_state(model, tx, jax.random.key(0), config.image_size, mesh)
+  state = create_train_state(model, tx, jax.random.key(0), config.data.image_size, mesh)
   # Non-trivial values everywhere, including the optimizer's momentum.
   state = jax.jit(lambda s: jax.tree.map(lambda x: x + jnp.asarray(3, x.dtype), s))(
       state).replace(step=7)
@@ -174,7 +175,7 @@ def test_checkpoint_round_trip_restores_identical_state(tmp_path):
   checkpointer = checkpointing.Checkpointer(str(tmp_path), save_every_steps=1, max_to_keep=1)
   assert checkpointer.save(7, state)
   checkpointer.wait_until_finished()
-  fresh = create_train_state(model, tx, jax.random.key(1), config.image_size, mesh)
+  fresh = create_train_state(model, tx, jax.random.key(1), config.data.image_size, mesh)
   restored = checkpointer.restore(fresh)
   assert checkpointer.latest_step() == 7 and int(restored.step) == 7
   restored_leaves = jax.device_get(jax.tree.leaves_with_path(restored))
@@ -189,17 +190,17 @@ def test_checkpoint_round_trip_restores_identical_state(tmp_path):
 def test_bad_config_fields_are_named_before_training(data_dir, tmp_path):
   config = _config(data_dir)
   config.model.use_clsa = False
-  config.branch_weights.refined = 2.0
-  with pytest.raises(ValueError, match='config.branch_weights.refined=2.0 weighs a branch'):
+  config.loss.branch_weights.refined = 2.0
+  with pytest.raises(ValueError, match='config.loss.branch_weights.refined=2.0 weighs a branch'):
     trainer.train_and_evaluate(config, str(tmp_path))
-  config = _config(data_dir, batch_size=12)
-  with pytest.raises(ValueError, match='config.batch_size=12'):
+  config = _config(data_dir, data=dict(batch_size=12))
+  with pytest.raises(ValueError, match='config.data.batch_size=12'):
     trainer.train_and_evaluate(config, str(tmp_path))
   assert not os.path.exists(tmp_path / 'checkpoints')
 
 
 def test_validation_split_reports_the_best_step(data_dir, tmp_path):
-  config = _config(data_dir, validation_percent=25, num_train_steps=4,
+  config = _config(data_dir, data=dict(validation_percent=25), num_train_steps=4,
                    eval_every_epochs=1.0)
   results = trainer.train_and_evaluate(config, str(tmp_path))
   # 24 of the 32 training images remain: 3 steps an epoch, evaluations at 3 and 4.
@@ -212,7 +213,7 @@ def test_validation_split_reports_the_best_step(data_dir, tmp_path):
 def test_train_py_trains_then_resumes(data_dir, tmp_path):
   """The command line end to end; the second run finds the final checkpoint."""
   command = [sys.executable, 'train.py', '--config=configs/test.py',
-             f'--workdir={tmp_path}', f'--config.data_dir={data_dir}',
+             f'--workdir={tmp_path}', f'--config.data.data_dir={data_dir}',
              '--config.num_train_steps=3', '--config.mesh.data=1']
   first = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
   assert first.returncode == 0, first.stderr[-3000:]
@@ -245,10 +246,10 @@ def test_train_py_trains_then_resumes(data_dir, tmp_path):
 def test_clan_on_vgg16_trains_and_evaluates(data_dir, tmp_path, scales, blocks, branches):
   """configs/test.py on VGG-16 (width 4) with configs/vgg16.py's taps, end to end."""
   config = _config(data_dir, num_train_steps=2)
-  fine_grained.set_backbone(config, 'vgg16', scales, stage_output='pooled')
+  base.set_backbone(config, 'vgg16', scales, stage_output='pooled')
   config.model.use_clca = config.model.use_clsa = blocks
   if not blocks:
-    config.branch_weights = {'top': 1.0}
+    config.loss.branch_weights = {'top': 1.0}
   results = trainer.train_and_evaluate(config, str(tmp_path))
   for branch in (*branches, 'combined'):
     assert 0.0 <= results[f'top1_{branch}'] <= 1.0, branch

@@ -6,7 +6,7 @@
 
 The protocol is the same for every variant: each (variant, learning rate,
 seed) trains in its own workdir, `ROOT/<variant>/lr<rate>/seed<seed>`, with
-`config.validation_percent` of the training split held out. A variant's
+`config.data.validation_percent` of the training split held out. A variant's
 learning rate is the one with the best mean validation top-1 over seeds; each
 run's test accuracy is read at the step of its best validation top-1. The test
 split never chooses anything.
@@ -28,7 +28,7 @@ from clan_jax.experiments import ablation
 
 user_errors.define_config_file(
     'config', 'configs/default.py', 'Base config; every variant overrides only '
-    'config.model.use_clca / use_clsa, config.seed and config.learning_rate.',
+    'config.model.use_clca / use_clsa, config.seed and config.optim.learning_rate.',
     lock_config=True)
 flags.DEFINE_string('workdir', 'workdirs/ablation', 'Root of every run\'s workdir.')
 flags.DEFINE_list('variants', list(ablation.VARIANTS), f'Any of {list(ablation.VARIANTS)}.')
@@ -50,7 +50,7 @@ def main(argv: Sequence[str]) -> None:
     raise app.UsageError(f'--variants has {unknown}; allowed: {list(ablation.VARIANTS)}.')
   if FLAGS.seeds < 1:
     raise app.UsageError(f'--seeds={FLAGS.seeds} must be at least 1.')
-  rates = [float(r) for r in FLAGS.learning_rates] or [FLAGS.config.learning_rate]
+  rates = [float(r) for r in FLAGS.learning_rates] or [FLAGS.config.optim.learning_rate]
   table, runs = ablation.run_study(
       FLAGS.config, FLAGS.workdir, variants=FLAGS.variants, seeds=FLAGS.seeds,
       learning_rates=rates, validation_percent=FLAGS.validation_percent)

@@ -26,7 +26,7 @@ user_errors.define_config_file(
     "replace the workdir's (see clan_jax/inference/evaluate.py); its model fields are ignored.",
     lock_config=True)
 flags.DEFINE_string('split', None, 'Split to evaluate, e.g. test or "train[90%:]"; '
-                    'default: config.eval_split.')
+                    'default: config.data.eval_split.')
 flags.DEFINE_integer('step', None, 'Checkpoint step; default: the latest.')
 flags.DEFINE_bool('flip_tta', False, 'Also evaluate with horizontal-flip test-time '
                   'augmentation (steps.eval_outputs).')

@@ -22,7 +22,7 @@ flags.DEFINE_string('checkpoint', None, 'A train.py workdir (config.json, classe
 flags.DEFINE_integer('step', None, 'Checkpoint step; default: the latest.')
 flags.DEFINE_integer('top_k', 5, 'Classes to print per image.')
 flags.DEFINE_integer('batch_size', None, 'Images per forward pass (rounded up to a '
-                     'multiple of the device count); default: config.eval_batch_size.')
+                     'multiple of the device count); default: config.data.eval_batch_size.')
 flags.DEFINE_bool('flip_tta', False, 'Average each image with its mirror image '
                   '(steps.eval_outputs).')
 flags.DEFINE_string('attention_dir', None, 'If set, write the attention-map overlays of '

@@ -21,7 +21,7 @@ _MANUAL_DIR = flags.DEFINE_string(
     'manual_dir', None, 'Directory with the dataset\'s archives or extracted '
     'folders.', required=True)
 _DATA_DIR = flags.DEFINE_string(
-    'data_dir', None, 'TFDS data directory to write to (config.data_dir of '
+    'data_dir', None, 'TFDS data directory to write to (config.data.data_dir of '
     'training); default: TFDS\'s, ~/tensorflow_datasets.')
 _CONFIG = flags.DEFINE_string(
     'config', None, 'Builder config, for FGVC-Aircraft: variant (default, '

@@ -8,8 +8,8 @@ batches of `global batch size // jax.process_count()` examples, and the
 training loop assembles the global batch across processes.
 
 Images of any size, aspect ratio and channel count are decoded to RGB, resized
-so that their shorter side is `config.resize_size`, then cropped to
-`config.image_size`: randomly (plus a random horizontal flip) for training,
+so that their shorter side is `config.data.resize_size`, then cropped to
+`config.data.image_size`: randomly (plus a random horizontal flip) for training,
 centrally for evaluation. Pixels are normalised with the ImageNet statistics.
 """
 from collections.abc import Iterator
@@ -35,18 +35,18 @@ STDDEV_RGB = (0.229 * 255, 0.224 * 255, 0.225 * 255)
 
 def get_dataset_builder(
     config: ml_collections.ConfigDict) -> tfds.core.DatasetBuilder:
-  """Returns the prepared builder of `config.dataset` in `config.data_dir`.
+  """Returns the prepared builder of `config.data.dataset` in `config.data.data_dir`.
 
   The synthetic dataset is generated when missing; any other dataset must
   already be prepared, as nothing is ever downloaded at run time.
 
   Raises:
-    ValueError: `config.dataset` is not a TFDS dataset with 'image' and
+    ValueError: `config.data.dataset` is not a TFDS dataset with 'image' and
       'label' (ClassLabel) features.
-    FileNotFoundError: `config.dataset` is not prepared in `config.data_dir`.
+    FileNotFoundError: `config.data.dataset` is not prepared in `config.data.data_dir`.
   """
-  if config.dataset == synthetic.NAME:
-    builder = synthetic.synthetic_builder(config.data_dir, **config.synthetic)
+  if config.data.dataset == synthetic.NAME:
+    builder = synthetic.synthetic_builder(config.data.data_dir, **config.data.synthetic)
     if not builder.is_prepared():
       # Takes seconds. With several processes sharing a data_dir, process 0
       # alone should prepare it while the others wait at a barrier.
@@ -59,18 +59,18 @@ def get_dataset_builder(
 
 def _prepared_builder(config: ml_collections.ConfigDict) -> tfds.core.DatasetBuilder:
   try:
-    builder = tfds.builder(config.dataset, data_dir=config.data_dir)
+    builder = tfds.builder(config.data.dataset, data_dir=config.data.data_dir)
   except tfds.core.registered.DatasetNotFoundError as e:
     raise UserError(
-        f'config.dataset={config.dataset!r} is not a known TFDS dataset.') from e
+        f'config.data.dataset={config.data.dataset!r} is not a known TFDS dataset.') from e
   if not builder.is_prepared():
     raise MissingFileError(
-        f'Dataset {config.dataset!r} (config.dataset) is not prepared in '
-        f'{builder.data_dir_root} (config.data_dir). Datasets are never '
+        f'Dataset {config.data.dataset!r} (config.data.dataset) is not prepared in '
+        f'{builder.data_dir_root} (config.data.data_dir). Datasets are never '
         'downloaded at run time: prepare it once, with `python -m '
         'clan_jax.cli.prepare_data --dataset=cub|cars|aircraft --manual_dir=... '
         '--data_dir=...` for the paper\'s datasets (README, "Datasets") or '
-        '`tfds build` for others, and point config.data_dir there.')
+        '`tfds build` for others, and point config.data.data_dir there.')
   return builder
 
 
@@ -81,32 +81,32 @@ def _check_features(config: ml_collections.ConfigDict,
   if 'image' not in features or 'label' not in features or not isinstance(
       features['label'], tfds.features.ClassLabel):
     raise UserError(
-        f'config.dataset={config.dataset!r} needs an "image" and a "label" '
+        f'config.data.dataset={config.data.dataset!r} needs an "image" and a "label" '
         f'(ClassLabel) feature; its features are {list(features.keys())}.')
-  if config.crop_to_bbox and 'bbox' not in features:
-    raise UserError(f'config.crop_to_bbox is set, but {config.dataset!r} has no '
+  if config.data.crop_to_bbox and 'bbox' not in features:
+    raise UserError(f'config.data.crop_to_bbox is set, but {config.data.dataset!r} has no '
                     f"'bbox' feature; its features are {list(features.keys())}.")
 
 
 def split_names(config: ml_collections.ConfigDict) -> tuple[str, str | None]:
   """(the split to train on, the held-out validation split or None).
 
-  With config.validation_percent = p > 0, the last p% of config.train_split
+  With config.data.validation_percent = p > 0, the last p% of config.data.train_split
   (in the dataset's stored order, which TFDS fixes when it prepares the
   dataset) is held out for validation: the same images on every run.
   """
-  percent = config.validation_percent
+  percent = config.data.validation_percent
   if not percent:
-    return config.train_split, None
+    return config.data.train_split, None
   if not 0 < percent < 100:
-    raise UserError(f'config.validation_percent={percent} must be between 1 '
+    raise UserError(f'config.data.validation_percent={percent} must be between 1 '
                     'and 99 (or 0 for no validation split).')
-  if '[' in config.train_split:
+  if '[' in config.data.train_split:
     raise UserError(
-        f'config.validation_percent needs a whole split in config.train_split, '
-        f'not the slice {config.train_split!r}.')
+        f'config.data.validation_percent needs a whole split in config.data.train_split, '
+        f'not the slice {config.data.train_split!r}.')
   cut = 100 - percent
-  return f'{config.train_split}[:{cut}%]', f'{config.train_split}[{cut}%:]'
+  return f'{config.data.train_split}[:{cut}%]', f'{config.data.train_split}[{cut}%:]'
 
 
 def num_examples(builder: tfds.core.DatasetBuilder, split: str) -> int:
@@ -131,7 +131,7 @@ def create_train_dataset(config: ml_collections.ConfigDict,
   one would. The training stream is the concatenation of epochs; epoch e is a
   permutation of the train split drawn from (config.seed, e). The global batch
   of train step k (0-based: the batch that takes state.step from k to k + 1)
-  is positions [k B, (k + 1) B) of that stream, B = config.batch_size, and the
+  is positions [k B, (k + 1) B) of that stream, B = config.data.batch_size, and the
   random crop and flip of position p are drawn from (config.seed, p). So global
   batch k is a pure function of (config.seed, k) and the dataset, whatever the
   number of processes; process i of P yields its rows [i B / P, (i + 1) B / P).
@@ -144,9 +144,9 @@ def create_train_dataset(config: ml_collections.ConfigDict,
 
   Returns:
     Batches {'image': float32 [b, image_size, image_size, 3] (normalised),
-    'label': int32 [b]} with b = config.batch_size // jax.process_count().
+    'label': int32 [b]} with b = config.data.batch_size // jax.process_count().
   """
-  batch_size = _local_batch_size(config.batch_size, 'config.batch_size')
+  batch_size = _local_batch_size(config.data.batch_size, 'config.data.batch_size')
   check_crop_size(config)
   size, load = _random_access_examples(config, builder, split_names(config)[0])
   order_key = tf.constant([config.seed, _ORDER_STREAM], tf.int64)
@@ -156,7 +156,7 @@ def create_train_dataset(config: ml_collections.ConfigDict,
   def example(count: tf.Tensor) -> dict[str, tf.Tensor]:
     """The `count`-th example this process yields (int64 scalar)."""
     step = start_step + count // batch_size
-    position = step * config.batch_size + first_row + count % batch_size
+    position = step * config.data.batch_size + first_row + count % batch_size
     epoch_key = tf.random.experimental.stateless_fold_in(order_key, position // size)
     index = tf.random.experimental.index_shuffle(position % size, epoch_key,
                                                  tf.constant(size - 1, tf.int64))
@@ -164,7 +164,7 @@ def create_train_dataset(config: ml_collections.ConfigDict,
     crop_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(
         tf.random.experimental.stateless_fold_in(augment_key, position), 2))
     image = tf.image.stateless_random_crop(
-        image, [config.image_size, config.image_size, 3], crop_seed)
+        image, [config.data.image_size, config.data.image_size, 3], crop_seed)
     image = tf.image.stateless_random_flip_left_right(image, flip_seed)
     return {'image': _normalize(image), 'label': label}
 
@@ -193,10 +193,10 @@ def create_eval_dataset(config: ml_collections.ConfigDict,
     (dataset, number of batches). Batches are {'image': float32
     [b, image_size, image_size, 3] (normalised), 'label': int32 [b],
     'mask': float32 [b] (1 for real examples, 0 for padding)} with
-    b = config.eval_batch_size // jax.process_count().
+    b = config.data.eval_batch_size // jax.process_count().
   """
-  batch_size = _local_batch_size(config.eval_batch_size,
-                                 'config.eval_batch_size')
+  batch_size = _local_batch_size(config.data.eval_batch_size,
+                                 'config.data.eval_batch_size')
   check_crop_size(config)
   splits = _process_splits(split)
   local_split = splits[jax.process_index()]
@@ -204,7 +204,7 @@ def create_eval_dataset(config: ml_collections.ConfigDict,
   num_batches = math.ceil(largest / batch_size)
 
   def preprocess(example: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
-    return {'image': eval_crop(example['image'], config.image_size),
+    return {'image': eval_crop(example['image'], config.data.image_size),
             'label': example['label'], 'mask': tf.constant(1.0)}
 
   ds = _decoded_examples(config, builder, local_split)
@@ -232,10 +232,10 @@ def _local_batch_size(global_batch_size: int, field: str) -> int:
 
 
 def check_crop_size(config: ml_collections.ConfigDict) -> None:
-  if config.resize_size < config.image_size:
+  if config.data.resize_size < config.data.image_size:
     raise UserError(
-        f'config.resize_size={config.resize_size} must be at least '
-        f'config.image_size={config.image_size}: images are cropped to '
+        f'config.data.resize_size={config.data.resize_size} must be at least '
+        f'config.data.image_size={config.data.image_size}: images are cropped to '
         'image_size after their shorter side is resized to resize_size.')
 
 
@@ -257,38 +257,38 @@ def _decode(config: ml_collections.ConfigDict,
             example: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
   """{'image': encoded, 'label', ['bbox']} -> {'image': uint8 [H, W, 3], 'label': int32 []}.
 
-  min(H, W) == config.resize_size; with config.crop_to_bbox the image is first
+  min(H, W) == config.data.resize_size; with config.data.crop_to_bbox the image is first
   cropped to its object's bounding box.
   """
   image = decode_rgb(example['image'])
-  if config.crop_to_bbox:
+  if config.data.crop_to_bbox:
     image = crop_to_box(image, example['bbox'])
-  return {'image': resize_shorter_side(image, config.resize_size),
+  return {'image': resize_shorter_side(image, config.data.resize_size),
           'label': tf.cast(example['label'], tf.int32)}
 
 
 def _decoded_examples(config: ml_collections.ConfigDict,
                       builder: tfds.core.DatasetBuilder,
                       split: tfds.typing.SplitArg) -> tf.data.Dataset:
-  """Decoded examples of `split` (see `_decode`), in a fixed order, cached if config.cache.
+  """Decoded examples of `split` (see `_decode`), in a fixed order, cached if config.data.cache.
 
   Resizing (and cropping to the bounding box) is deterministic, so it happens
   before the cache, which then holds small uint8 images.
   """
   ds = _read_split(builder, split).map(lambda ex: _decode(config, ex),
                                        num_parallel_calls=tf.data.AUTOTUNE)
-  return ds.cache() if config.cache else ds
+  return ds.cache() if config.data.cache else ds
 
 
 # Exact resume needs random access: training looks its examples up by index
 # (`create_train_dataset`). The train split is therefore held in host memory,
 # read once at start, one record per example: the encoded image, or with
-# config.cache the decoded, resized one. We chose this over TFDS's
+# config.data.cache the decoded, resized one. We chose this over TFDS's
 # array_record data sources (`tfds.data_sources`) because it works on every
 # prepared dataset, TFDS's default tfrecord format included, without preparing
 # it again, and keeps the tf.data decoding the evaluation uses. Its cost is the
 # split's encoded size in the host memory of every process (about 1.1 GB for
-# CUB, 2 GB for Stanford Cars, 2.7 GB for FGVC-Aircraft; config.cache holds the
+# CUB, 2 GB for Stanford Cars, 2.7 GB for FGVC-Aircraft; config.data.cache holds the
 # decoded images instead, as before). A dataset larger than host memory would
 # need `tfds.data_sources` over array_record files.
 def _random_access_examples(config: ml_collections.ConfigDict,
@@ -299,14 +299,14 @@ def _random_access_examples(config: ml_collections.ConfigDict,
     (number of examples N, load: int64 index in [0, N) -> (uint8 [H, W, 3]
     image as `_decode` gives it, int32 label)).
   """
-  if config.cache:
+  if config.data.cache:
     def decode_to_record(example):
       decoded = _decode(config, example)
       return {'image': tf.io.serialize_tensor(decoded['image']), 'label': decoded['label']}
     ds = _read_split(builder, split).map(decode_to_record,
                                          num_parallel_calls=tf.data.AUTOTUNE)
   else:
-    keys = ('image', 'label', 'bbox') if config.crop_to_bbox else ('image', 'label')
+    keys = ('image', 'label', 'bbox') if config.data.crop_to_bbox else ('image', 'label')
     ds = _read_split(builder, split).map(lambda ex: {k: ex[k] for k in keys})
   columns = {}
   for batch in tfds.as_numpy(ds.batch(1024).prefetch(1)):
@@ -316,7 +316,7 @@ def _random_access_examples(config: ml_collections.ConfigDict,
 
   def load(index: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
     example = {key: tf.gather(column, index) for key, column in store.items()}
-    if config.cache:
+    if config.data.cache:
       image = tf.ensure_shape(tf.io.parse_tensor(example['image'], tf.uint8),
                               [None, None, 3])
       return image, example['label']
@@ -389,13 +389,13 @@ def preprocess_for_eval(image: tf.Tensor | np.ndarray,
                         config: ml_collections.ConfigDict) -> tf.Tensor:
   """A decoded image as evaluation sees it: uint8 RGB [H, W, 3] -> float32 [S, S, 3].
 
-  The shorter side is resized to config.resize_size, then the central
-  S = config.image_size square is normalised: the same operations as
+  The shorter side is resized to config.data.resize_size, then the central
+  S = config.data.image_size square is normalised: the same operations as
   `create_eval_dataset`, for images that do not come from a dataset.
   """
   check_crop_size(config)
-  return eval_crop(resize_shorter_side(image, config.resize_size),
-                   config.image_size)
+  return eval_crop(resize_shorter_side(image, config.data.resize_size),
+                   config.data.image_size)
 
 
 def eval_crop_box(height: int, width: int, config: ml_collections.ConfigDict
@@ -408,11 +408,11 @@ def eval_crop_box(height: int, width: int, config: ml_collections.ConfigDict
     crops after resizing.
   """
   resized_height, resized_width = (
-      int(x) for x in _resized_shape(tf.constant([height, width]), config.resize_size))
-  top, left = _centre_offsets(resized_height, resized_width, config.image_size)
+      int(x) for x in _resized_shape(tf.constant([height, width]), config.data.resize_size))
+  top, left = _centre_offsets(resized_height, resized_width, config.data.image_size)
   scale_y, scale_x = resized_height / height, resized_width / width
-  return (left / scale_x, top / scale_y, (left + config.image_size) / scale_x,
-          (top + config.image_size) / scale_y)
+  return (left / scale_x, top / scale_y, (left + config.data.image_size) / scale_x,
+          (top + config.data.image_size) / scale_y)
 
 
 def _resized_shape(shape: tf.Tensor, size: int) -> tf.Tensor:

@@ -33,9 +33,9 @@ def run_config(base: ml_collections.ConfigDict, variant: str, seed: int,
   config = base.copy_and_resolve_references()
   config.model.use_clca, config.model.use_clsa = VARIANTS[variant]
   config.seed = seed
-  config.learning_rate = learning_rate
-  if not config.validation_percent:
-    config.validation_percent = validation_percent
+  config.optim.learning_rate = learning_rate
+  if not config.data.validation_percent:
+    config.data.validation_percent = validation_percent
   return config
 
 

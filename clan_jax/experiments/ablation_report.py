@@ -29,7 +29,7 @@ def read_history(workdir: str) -> dict[str, dict[int, float]]:
           history.setdefault(value.tag, {})[int(event.step)] = scalar
   if VALIDATION not in history:
     raise ValueError(f'{workdir} has no {VALIDATION!r} scalars: was it trained '
-                     'with config.validation_percent > 0?')
+                     'with config.data.validation_percent > 0?')
   return history
 
 

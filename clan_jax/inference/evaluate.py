@@ -2,9 +2,9 @@
 
 The command is `python -m clan_jax.cli.evaluate`. The workdir's config.json
 gives the model and, by default, the data. With
-`--config`, the data and evaluation fields of that config (`OVERRIDABLE_FIELDS`,
-with any `--config.<field>` overrides) replace the stored ones; its model
-fields are ignored, as the checkpoint fixes the model.
+`--config`, the groups of that config in `OVERRIDABLE_FIELDS`, `data` and
+`mesh` (with any `--config.<field>` overrides), replace the stored ones; its
+other fields are ignored, as the checkpoint fixes the model.
 
 Evaluation is the training loop's own (`steps.evaluate` over
 `steps.eval_step`): jitted, sharded over config.mesh like training, the last
@@ -26,9 +26,8 @@ from clan_jax.training import steps, train_state
 from clan_jax.user_errors import UserError
 from clan_jax.workdir import trained_model
 
-# What `--config` may change: where and how the data are read, and the devices.
-OVERRIDABLE_FIELDS = ('dataset', 'data_dir', 'synthetic', 'eval_split', 'resize_size',
-                      'image_size', 'crop_to_bbox', 'eval_batch_size', 'cache', 'mesh')
+# The config groups evaluation may change: where and how the data are read, and the devices.
+OVERRIDABLE_FIELDS = ('data', 'mesh')
 NO_TTA = 'no_tta'
 FLIP_TTA = 'flip_tta'
 RESULTS_FILE = 'results.json'
@@ -43,11 +42,12 @@ def evaluate(workdir: str, *, split: str | None = None, step: int | None = None,
 
   Args:
     workdir: a train.py workdir.
-    split: default: config.eval_split.
+    split: default: config.data.eval_split.
     step: a checkpoint step; default: the latest.
     flip_tta: evaluate with flip test-time augmentation too.
-    overrides: new values of some of `OVERRIDABLE_FIELDS`, e.g.
-      {'data_dir': ..., 'mesh': {'data': 1}}.
+    overrides: {group: fields}, groups of `OVERRIDABLE_FIELDS`; each group's
+      fields replace the stored ones, e.g. {'data': {'data_dir': ...},
+      'mesh': {'data': 1}}.
 
   Returns:
     {'workdir', 'step', 'split', 'devices', 'class_names',
@@ -68,15 +68,16 @@ def evaluate(workdir: str, *, split: str | None = None, step: int | None = None,
   if unknown:
     raise UserError(f'Cannot override {unknown} for evaluation: the checkpoint fixes '
                     f'them. Only {list(OVERRIDABLE_FIELDS)} can change.')
-  config.update(overrides or {})
-  split = split or config.eval_split
+  for group, fields in (overrides or {}).items():
+    config[group].update(fields)
+  split = split or config.data.eval_split
   mesh = sharding.create_mesh(config.mesh)
-  sharding.check_batch_size(config.eval_batch_size, mesh, 'eval_batch_size')
+  sharding.check_batch_size(config.data.eval_batch_size, mesh, 'data.eval_batch_size')
   trained = trained_model.load(workdir, step=step, mesh=mesh)
   builder = input_pipeline.get_dataset_builder(config)
   if input_pipeline.class_names(builder) != trained.class_names:
     raise UserError(
-        f'The classes of config.dataset={config.dataset!r} in {builder.data_dir} are not '
+        f'The classes of config.data.dataset={config.data.dataset!r} in {builder.data_dir} are not '
         f'the {len(trained.class_names)} classes of {workdir}/{trained_model.CLASSES_FILE}: '
         'evaluate on the dataset the model was trained on (--config).')
 

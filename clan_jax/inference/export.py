@@ -46,7 +46,7 @@ def export_inference(trained: trained_model.TrainedModel, *,
     platforms: e.g. ('cpu', 'cuda'); None: the default backend's.
 
   Returns:
-    An Exported of images float32 [B, S, S, 3] (S = config.image_size,
+    An Exported of images float32 [B, S, S, 3] (S = config.data.image_size,
     normalised) -> {'branches': {name: logits [B, K] float32}, 'combined':
     [B, K] float32}, as CLAN returns them.
   """
@@ -58,7 +58,7 @@ def export_inference(trained: trained_model.TrainedModel, *,
   def infer(images: jax.Array) -> dict[str, Any]:
     return model.apply(variables, images, train=False)
 
-  size = trained.config.image_size
+  size = trained.config.data.image_size
   batch = jax_export.symbolic_shape(BATCH_DIM)[0] if batch_size is None else batch_size
   images = jax.ShapeDtypeStruct((batch, size, size, 3), jnp.float32)
   return jax_export.export(jax.jit(infer), platforms=platforms)(images)
@@ -73,7 +73,7 @@ def sidecar(trained: trained_model.TrainedModel, exported: jax_export.Exported
       'format': 'jax.export (serialised StableHLO): jax.export.deserialize(bytes).call(images)',
       'class_names': trained.class_names,
       'input': {'shape': [str(batch) if not isinstance(batch, int) else batch,
-                          config.image_size, config.image_size, 3],
+                          config.data.image_size, config.data.image_size, 3],
                 'dtype': 'float32', 'layout': 'NHWC, RGB, normalised'},
       'outputs': {'branches': {name: 'logits [B, K]' for name in models.branch_names(
                       config.model.mid_level_taps, config.model.use_clca,
@@ -84,8 +84,8 @@ def sidecar(trained: trained_model.TrainedModel, exported: jax_export.Exported
       'preprocessing': ('RGB; resize the shorter side to resize_size (antialiased '
                         'bilinear, rounded to uint8); crop the central image_size '
                         'square; (pixel - mean_rgb) / stddev_rgb on the 0..255 scale.'),
-      'resize_size': config.resize_size,
-      'image_size': config.image_size,
+      'resize_size': config.data.resize_size,
+      'image_size': config.data.image_size,
       'mean_rgb': list(input_pipeline.MEAN_RGB),
       'stddev_rgb': list(input_pipeline.STDDEV_RGB),
       'platforms': list(exported.platforms),

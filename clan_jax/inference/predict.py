@@ -48,14 +48,14 @@ def probabilities(trained: trained_model.TrainedModel,
     trained: a loaded workdir; its mesh shards each batch.
     images: decoded images of any sizes, preprocessed as evaluation does.
     batch_size: images per step, rounded up to a multiple of the device count
-      (default: config.eval_batch_size). The last batch is padded.
+      (default: config.data.eval_batch_size). The last batch is padded.
     flip_tta: average each image with its mirror image.
   """
   config = trained.config
   state = train_state.eval_state(trained.model, trained.variables, trained.step)
   mesh = trained.mesh
   devices = sharding.num_batch_shards(mesh)
-  batch_size = batch_size or config.eval_batch_size
+  batch_size = batch_size or config.data.eval_batch_size
   batch_size = math.ceil(batch_size / devices) * devices
   predict_step = steps.jit_predict_step(mesh, sharding.state_sharding(mesh, state),
                                         flip_tta=flip_tta)

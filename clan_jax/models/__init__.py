@@ -75,7 +75,7 @@ def validate_model_config(model_config: ml_collections.ConfigDict) -> None:
     _choice(name, registry, field)
     if name not in m:
       raise ValueError(f'config.model.{field}={name!r} needs its options group '
-                       f'config.model.{name} (see configs/default.py).')
+                       f'config.model.{name} (see configs/base.py).')
   _choice(m.clca.normalization, attention.NORMALIZATIONS, 'clca.normalization')
   _choice(m.clca.attention_impl, attention.IMPLEMENTATIONS, 'clca.attention_impl')
   _choice(m.clca.upsample, ('bilinear', 'nearest'), 'clca.upsample')
@@ -100,7 +100,7 @@ def validate_model_config(model_config: ml_collections.ConfigDict) -> None:
 
 
 def create_model(model_config: ml_collections.ConfigDict, num_classes: int) -> CLAN:
-  """Builds the CLAN of `config.model` (see configs/default.py for the fields).
+  """Builds the CLAN of `config.model` (see configs/base.py for the fields).
 
   Fields added since older workdirs were written (ADDED_FIELD_DEFAULTS) take
   their defaults when absent.

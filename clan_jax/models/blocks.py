@@ -8,7 +8,7 @@ joins them into L̂_N. A block's attributes are its config group, named as the
 block (config.model.clca for 'clca'), plus CLAN's dtype and param_dtype.
 
 Adding a block: its file beside this one, one line here, and its config group
-in configs/default.py.
+in configs/base.py.
 """
 import flax.linen as nn
 

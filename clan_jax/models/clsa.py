@@ -73,7 +73,7 @@ def downsample_to(x: jax.Array, size: tuple[int, int], mode: str) -> jax.Array:
     raise ValueError(
         f"CLSA downsample '{mode}' needs the mid-level map ({height}x{width}) to "
         f'be a multiple of the top-level map ({out_height}x{out_width}): use an '
-        'image size divisible by 32 (config.image_size) or '
+        'image size divisible by 32 (config.data.image_size) or '
         "config.model.clsa.downsample='bilinear'.")
   window = (height // out_height, width // out_width)
   pool = nn.avg_pool if mode == 'avg' else nn.max_pool

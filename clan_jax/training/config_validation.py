@@ -1,7 +1,7 @@
 """Checks every field of a training config before any data is read or model built.
 
 `validate(config)` raises a `UserError` naming the first bad field, its value
-and what is allowed: `config.label_smoothing=1.5 must be a number in [0, 1).`
+and what is allowed: `config.loss.label_smoothing=1.5 must be a number in [0, 1).`
 
 Two tables drive it, so that a new config field is one new row:
   FIELD_RULES: one field each, its type and range (or allowed values).
@@ -95,24 +95,24 @@ def optional_path(field: str, kind: str) -> Rule:
 FIELD_RULES: list[Rule] = [
     integer('seed', 0, 2**31 - 1),
     # --- Data ---
-    text('dataset'),
-    Rule('data_dir', lambda v: v is None or (isinstance(v, str) and bool(v)),
+    text('data.dataset'),
+    Rule('data.data_dir', lambda v: v is None or (isinstance(v, str) and bool(v)),
          'None (TFDS\'s default) or a directory'),
-    text('train_split'),
-    text('eval_split'),
-    integer('validation_percent', 0, 99),
-    integer('synthetic.num_classes', 2, synthetic.MAX_CLASSES),
-    integer('synthetic.train_per_class', 1),
-    integer('synthetic.test_per_class', 1),
-    integer('synthetic.image_size', 32),
-    integer('synthetic.seed', 0),
-    integer('resize_size', 1),
-    integer('image_size', 1),
-    boolean('cache'),
-    boolean('crop_to_bbox'),
-    integer('batch_size', 1),
-    integer('eval_batch_size', 1),
-    integer('prefetch_batches', 0),
+    text('data.train_split'),
+    text('data.eval_split'),
+    integer('data.validation_percent', 0, 99),
+    integer('data.synthetic.num_classes', 2, synthetic.MAX_CLASSES),
+    integer('data.synthetic.train_per_class', 1),
+    integer('data.synthetic.test_per_class', 1),
+    integer('data.synthetic.image_size', 32),
+    integer('data.synthetic.seed', 0),
+    integer('data.resize_size', 1),
+    integer('data.image_size', 1),
+    boolean('data.cache'),
+    boolean('data.crop_to_bbox'),
+    integer('data.batch_size', 1),
+    integer('data.eval_batch_size', 1),
+    integer('data.prefetch_batches', 0),
     # --- Model (models.validate_model_config checks the rest; see CROSS_CHECKS) ---
     integer('model.backbone_width', 1),
     boolean('model.zero_init_residual'),
@@ -126,18 +126,18 @@ FIELD_RULES: list[Rule] = [
     optional_path('init.backbone_weights', 'file'),
     optional_path('init.checkpoint', 'dir'),
     # --- Loss and optimisation ---
-    number('label_smoothing', 0, 1, high_open=True),
+    number('loss.label_smoothing', 0, 1, high_open=True),
     number('num_epochs', 0),
     integer('num_train_steps', 1, also=(-1,)),
-    number('learning_rate', 0, low_open=True),
-    number('new_layers_lr_multiplier', 0),
-    number('warmup_epochs', 0),
-    number('momentum', 0, 1, high_open=True),
-    boolean('nesterov'),
-    number('weight_decay', 0),
-    choice('weight_decay_mode', optimizer.WEIGHT_DECAY_MODES),
-    number('grad_clip_norm', 0),
-    integer('grad_accum_steps', 1),
+    number('optim.learning_rate', 0, low_open=True),
+    number('optim.new_layers_lr_multiplier', 0),
+    number('optim.warmup_epochs', 0),
+    number('optim.momentum', 0, 1, high_open=True),
+    boolean('optim.nesterov'),
+    number('optim.weight_decay', 0),
+    choice('optim.weight_decay_mode', optimizer.WEIGHT_DECAY_MODES),
+    number('optim.grad_clip_norm', 0),
+    integer('optim.grad_accum_steps', 1),
     choice('on_nonfinite', NONFINITE_ACTIONS),
     integer('max_consecutive_skips', 1),
     # --- Devices ---
@@ -148,9 +148,9 @@ FIELD_RULES: list[Rule] = [
     # --- Logging, evaluation, checkpoints ---
     integer('log_every_steps', 1),
     number('eval_every_epochs', 0, low_open=True),
-    integer('checkpoint_every_steps', 1),
-    integer('keep_checkpoints', 1),
-    boolean('checkpoint_fallback'),
+    integer('checkpoint.every_steps', 1),
+    integer('checkpoint.keep', 1),
+    boolean('checkpoint.fallback'),
 ]
 
 
@@ -167,12 +167,12 @@ def _check_branch_weights(config: ml_collections.ConfigDict) -> None:
   # The default lists every branch a ResNet CLAN can have, at weight 1, so
   # that any of them can be set from the command line: only a weight set for
   # a branch this model lacks is an error.
-  for name, weight in config.branch_weights.items():
+  for name, weight in config.loss.branch_weights.items():
     if name not in branches and weight != 1.0:
-      raise UserError(f'config.branch_weights.{name}={weight} weighs a branch this model '
+      raise UserError(f'config.loss.branch_weights.{name}={weight} weighs a branch this model '
                       f'does not have; its branches are {list(branches)}.')
     if not _is_number(weight) or weight < 0:
-      raise UserError(f'config.branch_weights.{name}={weight!r} must be a finite '
+      raise UserError(f'config.loss.branch_weights.{name}={weight!r} must be a finite '
                       'number >= 0.')
 
 
@@ -183,9 +183,9 @@ def _check_length(config: ml_collections.ConfigDict) -> None:
 
 
 def _check_accumulation(config: ml_collections.ConfigDict) -> None:
-  if config.batch_size % config.grad_accum_steps:
-    raise UserError(f'config.batch_size={config.batch_size} must be divisible by '
-                    f'config.grad_accum_steps={config.grad_accum_steps}.')
+  if config.data.batch_size % config.optim.grad_accum_steps:
+    raise UserError(f'config.data.batch_size={config.data.batch_size} must be divisible by '
+                    f'config.optim.grad_accum_steps={config.optim.grad_accum_steps}.')
 
 
 def _check_init(config: ml_collections.ConfigDict) -> None:
@@ -218,7 +218,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     value = _get(config, rule.field)
     if value is _MISSING:
       raise UserError(f'config.{rule.field} is missing: this config predates it; add it '
-                      '(configs/default.py has every field and its default).')
+                      '(configs/base.py has every field and its default).')
     if not rule.check(value):
       raise UserError(f'config.{rule.field}={value!r} must be {rule.allowed}.')
   for check in CROSS_CHECKS:

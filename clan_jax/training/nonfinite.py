@@ -54,7 +54,7 @@ class NonFiniteGuard:
                   f'config.max_consecutive_skips={self._max_skips}')
         raise NonFiniteError(
             f'{what}: training stopped ({reason}). Nothing of this step was saved and '
-            f'{kept}. Lower config.learning_rate or set config.grad_clip_norm'
+            f'{kept}. Lower config.optim.learning_rate or set config.optim.grad_clip_norm'
             + (", or set config.on_nonfinite='skip' to skip such steps." if self._stop
                else '.'))
       logging.warning('%s: its update was skipped (config.on_nonfinite=\'skip\').', what)

@@ -52,7 +52,7 @@ def create(config: ml_collections.ConfigDict, num_classes: int, mesh: Mesh, *,
   branches = models.branch_names(config.model.mid_level_taps, config.model.use_clca,
                                  config.model.use_clsa)
   tx, learning_rate_fn = optimizer.create_optimizer(config, steps_per_epoch, total_steps)
-  state = create_train_state(model, tx, jax.random.key(config.seed), config.image_size,
+  state = create_train_state(model, tx, jax.random.key(config.seed), config.data.image_size,
                              mesh, config.mesh.fsdp_min_size)
   if initialize is not None:
     state = initialize(state)
@@ -60,9 +60,9 @@ def create(config: ml_collections.ConfigDict, num_classes: int, mesh: Mesh, *,
   train_metrics_cls = steps.train_metrics_collection(branches, state.params)
   eval_metrics_cls = steps.eval_metrics_collection(branches)
   train_step = steps.jit_train_step(
-      mesh, state_sharding, branch_weights=dict(config.branch_weights),
-      label_smoothing=config.label_smoothing, learning_rate_fn=learning_rate_fn,
-      grad_accum_steps=config.grad_accum_steps, metrics_cls=train_metrics_cls)
+      mesh, state_sharding, branch_weights=dict(config.loss.branch_weights),
+      label_smoothing=config.loss.label_smoothing, learning_rate_fn=learning_rate_fn,
+      grad_accum_steps=config.optim.grad_accum_steps, metrics_cls=train_metrics_cls)
   eval_step = steps.jit_eval_step(mesh, state_sharding, metrics_cls=eval_metrics_cls)
   return TrainingSetup(model=model, branches=branches, learning_rate_fn=learning_rate_fn,
                        state=state, state_sharding=state_sharding,

@@ -19,7 +19,7 @@ from clan_jax.workdir import checkpointing, lock, trained_model
 
 
 def _dataset_builder(config: ml_collections.ConfigDict):
-  """The builder of config.dataset; process 0 alone generates the synthetic data.
+  """The builder of config.data.dataset; process 0 alone generates the synthetic data.
 
   The other processes wait at a barrier until it has, so that processes
   sharing a data_dir never write the same files.
@@ -42,7 +42,7 @@ def _format(results: dict[str, Any], keys: list[str]) -> str:
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-  """Trains (or resumes training) in `workdir`, then evaluates on config.eval_split.
+  """Trains (or resumes training) in `workdir`, then evaluates on config.data.eval_split.
 
   Checkpoints go to `workdir/checkpoints`, TensorBoard event files to `workdir`,
   and the config and class names to `workdir/config.json`, `classes.json`.
@@ -56,8 +56,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   and end the run early (see 'stopped' below).
 
   Returns:
-    The final eval metrics (last step, config.eval_split). With
-    config.validation_percent, also 'best_validation_step',
+    The final eval metrics (last step, config.data.eval_split). With
+    config.data.validation_percent, also 'best_validation_step',
     'best_validation_top1_combined' and 'test_top1_combined_at_best_validation'
     over the evaluations of this run. A run stopped early returns
     {'stopped': a one-line message, 'step': the step saved} instead.
@@ -69,8 +69,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   """
   config_validation.validate(config)
   mesh = sharding.create_mesh(config.mesh)
-  sharding.check_batch_size(config.batch_size, mesh, 'batch_size')
-  sharding.check_batch_size(config.eval_batch_size, mesh, 'eval_batch_size')
+  sharding.check_batch_size(config.data.batch_size, mesh, 'data.batch_size')
+  sharding.check_batch_size(config.data.eval_batch_size, mesh, 'data.eval_batch_size')
   with lock.hold(workdir):
     return _train_and_evaluate(config, workdir, mesh)
 
@@ -84,11 +84,11 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   builder = _dataset_builder(config)
   num_classes = input_pipeline.num_classes(builder)
   train_split, validation_split = input_pipeline.split_names(config)
-  steps_per_epoch = input_pipeline.num_examples(builder, train_split) // config.batch_size
+  steps_per_epoch = input_pipeline.num_examples(builder, train_split) // config.data.batch_size
   if steps_per_epoch < 1:
-    raise UserError(f'config.batch_size={config.batch_size} is larger than the '
+    raise UserError(f'config.data.batch_size={config.data.batch_size} is larger than the '
                     f"{input_pipeline.num_examples(builder, train_split)} examples of the "
-                    f"'{train_split}' split of {config.dataset}.")
+                    f"'{train_split}' split of {config.data.dataset}.")
   total_steps = _total_steps(config, steps_per_epoch)
   eval_every = max(1, int(config.eval_every_epochs * steps_per_epoch))
 
@@ -102,10 +102,10 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   train_step, eval_step = run.train_step, run.eval_step
 
   checkpointer = checkpointing.Checkpointer(
-      checkpoint_dir, save_every_steps=config.checkpoint_every_steps,
-      max_to_keep=config.keep_checkpoints, writer=True)
+      checkpoint_dir, save_every_steps=config.checkpoint.every_steps,
+      max_to_keep=config.checkpoint.keep, writer=True)
   if checkpointer.latest_step() is not None:
-    state = checkpointer.restore_newest_readable(state, fallback=config.checkpoint_fallback)
+    state = checkpointer.restore_newest_readable(state, fallback=config.checkpoint.fallback)
     logging.info('Resumed from %s at step %d.', workdir, int(state.step))
   start_step = int(state.step)
   trained_model.save_run_info(workdir, config, input_pipeline.class_names(builder))
@@ -121,13 +121,13 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   writer.write_hparams({k: v for k, v in config.items()
                         if isinstance(v, (int, float, str, bool))})
   logging.info('%s: %d classes, %d steps of %d images (%d per epoch), branches %s, '
-               '%d devices.', config.dataset, num_classes, total_steps,
-               config.batch_size, steps_per_epoch, list(branches), mesh.size)
+               '%d devices.', config.data.dataset, num_classes, total_steps,
+               config.data.batch_size, steps_per_epoch, list(branches), mesh.size)
 
   if start_step >= total_steps:
     logging.info('Workdir %s already holds the final step %d: evaluating only.',
                  workdir, total_steps)
-    eval_results = run_eval(config.eval_split)
+    eval_results = run_eval(config.data.eval_split)
     writer.flush()
     checkpointer.close()
     return eval_results
@@ -137,7 +137,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   train_ds = input_pipeline.create_train_dataset(config, builder, start_step=start_step)
   train_batches = sharding.to_global_batches(
       input_pipeline.as_numpy(train_ds), sharding.batch_sharding(mesh),
-      config.prefetch_batches)
+      config.data.prefetch_batches)
   report_progress = periodic_actions.ReportProgress(
       num_train_steps=total_steps, writer=writer)
   guard = nonfinite.NonFiniteGuard(config, checkpointer)
@@ -160,7 +160,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         # The last step always evaluates, so `eval_results` ends as the final one.
         if step % eval_every == 0 or step == total_steps:
           with report_progress.timed('eval'):
-            eval_results = run_eval(config.eval_split)
+            eval_results = run_eval(config.data.eval_split)
           writer.write_scalars(step, {f'eval/{k}': v for k, v in eval_results.items()})
           logging.info('eval at step %d: %s', step,
                        _format(eval_results, ['top1_combined', 'top5_combined', 'loss']))
@@ -178,7 +178,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                   'test_top1_combined_at_best_validation': eval_results['top1_combined']}
         preempted = checkpointer.reached_preemption(step)
         stop = stop_requests.requested or ('a preemption notice' if preempted else None)
-        if stop or step == total_steps or step % config.checkpoint_every_steps == 0:
+        if stop or step == total_steps or step % config.checkpoint.every_steps == 0:
           guard.check(all_steps=True)  # a stopping step is never saved
           checkpointer.save(step, state, force=bool(stop) or step == total_steps)
         if stop:

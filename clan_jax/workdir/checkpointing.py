@@ -111,7 +111,7 @@ class Checkpointer:
         state = self.restore(target, step)
       except UserError as e:
         if not fallback:
-          raise UserError(f'{e} config.checkpoint_fallback=False forbids resuming from '
+          raise UserError(f'{e} config.checkpoint.fallback=False forbids resuming from '
                           'an older checkpoint: move it away, or set it to True.') from e
         print(f'warning: {e} Trying the previous one.', file=sys.stderr, flush=True)
         unreadable.append(step)

@@ -30,6 +30,22 @@ CHECKPOINT_DIR = 'checkpoints'
 # may resume with others (e.g. on a GPU, with bfloat16 and cuDNN attention).
 COMPUTE_ONLY_FIELDS = ('model.dtype', 'model.remat', 'model.remat_policy',
                        'model.clca.attention_impl', 'model.clca.attention_block_size')
+# Where the fields of the first, flat config.json went when the config was
+# grouped: old top-level name -> its dotted path now.
+FLAT_FIELDS = {
+    **{name: f'data.{name}' for name in (
+        'dataset', 'data_dir', 'train_split', 'eval_split', 'validation_percent',
+        'synthetic', 'resize_size', 'image_size', 'cache', 'crop_to_bbox', 'batch_size',
+        'eval_batch_size', 'prefetch_batches')},
+    **{name: f'loss.{name}' for name in ('branch_weights', 'label_smoothing')},
+    **{name: f'optim.{name}' for name in (
+        'learning_rate', 'new_layers_lr_multiplier', 'warmup_epochs', 'momentum',
+        'nesterov', 'weight_decay', 'weight_decay_mode', 'grad_clip_norm',
+        'grad_accum_steps')},
+    'checkpoint_every_steps': 'checkpoint.every_steps',
+    'keep_checkpoints': 'checkpoint.keep',
+    'checkpoint_fallback': 'checkpoint.fallback',
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,7 +84,8 @@ def check_same_model(workdir: str, config: ml_collections.ConfigDict) -> None:
       for c in (load_config(workdir), config))
   differ = [f'{key}: {stored.get(key)!r} -> {current.get(key)!r}'
             for key in sorted(stored.keys() | current.keys())
-            if key.split('.')[0] in ('dataset', 'model') and key not in COMPUTE_ONLY_FIELDS
+            if (key == 'data.dataset' or key.startswith('model.'))
+            and key not in COMPUTE_ONLY_FIELDS
             and stored.get(key) != current.get(key)]
   if differ:
     raise UserError(
@@ -82,9 +99,19 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
   if not tf.io.gfile.exists(path):
     raise MissingFileError(f'{path} not found: {workdir} is not a train.py workdir.')
   with tf.io.gfile.GFile(path) as f:
-    config = ml_collections.ConfigDict(json.load(f))
+    config = ml_collections.ConfigDict(_grouped(json.load(f)))
   # Older workdirs lack the model fields added since; their defaults rebuild them.
   config.model = models.with_added_fields(config.model)
+  return config
+
+
+def _grouped(config: dict[str, Any]) -> dict[str, Any]:
+  """A config.json dict in today's groups; one written before them has FLAT_FIELDS."""
+  config = dict(config)
+  for old, new in FLAT_FIELDS.items():
+    if old in config:
+      group, name = new.split('.')
+      config.setdefault(group, {})[name] = config.pop(old)
   return config
 
 
@@ -109,7 +136,7 @@ def load(workdir: str, *, step: int | None = None, mesh: Mesh | None = None
       checkpoint_dir, save_every_steps=1, max_to_keep=None)
   # Only the model's variables and the step are read, so no optimizer is
   # built and a workdir stays loadable whatever the optimizer config becomes.
-  variables = abstract_variables(model, config.image_size, mesh)
+  variables = abstract_variables(model, config.data.image_size, mesh)
   restored = checkpointer.restore(
       {'step': jax.ShapeDtypeStruct((), jnp.int32, sharding=sharding.replicated(mesh)),
        **variables}, step, partial=True)
