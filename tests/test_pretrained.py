@@ -63,10 +63,15 @@ def _setup(config, num_classes=4):
 
 
 @pytest.fixture(scope='module')
-def fresh_state():
-  """A freshly initialised train state of configs/test.py (4 classes); compiling
-  its init takes most of a CPU test's time, so tests share it."""
-  return _setup(test_config.get_config()).state
+def fresh_run():
+  """`setup.create` of configs/test.py (4 classes), whose state is freshly
+  initialised; compiling its init takes most of a CPU test's time, so tests share it."""
+  return _setup(test_config.get_config())
+
+
+@pytest.fixture
+def fresh_state(fresh_run):
+  return fresh_run.state
 
 
 def _abstract_state(config, num_classes=4):
@@ -234,7 +239,7 @@ def test_wrapped_and_data_parallel_state_dicts_convert(tiny, tmp_path):
 
 
 def test_clan_from_converted_weights_starts_as_the_backbone_then_trains(
-    tiny, fresh_state, caplog):
+    tiny, fresh_run, fresh_state, caplog):
   _, paths = tiny
   caplog.set_level(logging.INFO)
   config = _config(backbone_weights=paths['safetensors'])
@@ -253,8 +258,7 @@ def test_clan_from_converted_weights_starts_as_the_backbone_then_trains(
   for name in set(fresh_state.params) - {'backbone'}:
     jax.tree.map(np.testing.assert_array_equal, state.params[name], fresh_state.params[name])
 
-  run = _setup(config)
-  model, mesh = run.model, sharding.create_mesh(config.mesh)
+  model, mesh = fresh_run.model, sharding.create_mesh(config.mesh)
   images = np.random.default_rng(0).normal(size=(8, 32, 32, 3)).astype(np.float32)
   variables = {'params': state.params, 'batch_stats': state.batch_stats}
   _, intermediates = model.apply(variables, images, train=False,
@@ -267,7 +271,7 @@ def test_clan_from_converted_weights_starts_as_the_backbone_then_trains(
   for tap in config.model.mid_level_taps:  # zero-initialised CLCA is the identity
     np.testing.assert_array_equal(intermediates[f'clca_{tap}']['__call__'][0], features[tap])
 
-  train_step = run.train_step
+  train_step = fresh_run.train_step
   batch = jax.device_put({'image': images, 'label': np.arange(8, dtype=np.int32) % 4},
                          sharding.batch_sharding(mesh))
   state = jax.tree.map(jnp.copy, state)  # the step donates it; the fixture is shared
