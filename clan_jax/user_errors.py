@@ -56,18 +56,24 @@ def flag_error_message(error: Exception) -> str:
   return ' '.join(f'unknown config field {field}. {suggestion}'.split())
 
 
-def _grouped_field_hint(message: str, name: str, path: str | None,
+def _grouped_field_hint(message: str, name: str, default: Any,
                         argv: Sequence[str]) -> str:
   """' Did you mean --config.<group>.<field>?' when the unknown field of `message`
-  is one the config file holds in a group (a flat name from before the grouping)."""
+  is one the config holds in a group (a flat name from before the grouping).
+
+  The config is the file of `--<name>=` in `argv`, else `default`: a file's
+  path or an already loaded ConfigDict.
+  """
+  unknown = message.split("'")
+  if len(unknown) < 3 or 'Did you mean' in message:
+    return ''
+  config = default
   for arg in argv:
     if arg.startswith(f'--{name}='):
-      path = arg.split('=', 1)[1]
-  unknown = message.split("'")
-  if path is None or len(unknown) < 3 or 'Did you mean' in message:
-    return ''
+      config = arg.split('=', 1)[1]
   try:
-    config = config_flags.config_flags.ConfigFileFlagParser(name=name).parse(path)  # pylint: disable=protected-access
+    if isinstance(config, str):
+      config = config_flags.config_flags.ConfigFileFlagParser(name=name).parse(config)  # pylint: disable=protected-access
     found = sorted(p for p, _ in _leaves(config) if p.split('.')[-1] == unknown[1])
   except (OSError, ImportError, SyntaxError, *FLAG_ERRORS):
     return ''  # the config file's own error is reported where it is used
@@ -95,7 +101,7 @@ def parse_flags(argv: Sequence[str], flag_values: flags.FlagValues = flags.FLAGS
     message = flag_error_message(e)
     for flag in flag_values:
       if isinstance(flag_values[flag], config_flags.config_flags._ConfigFlag):  # pylint: disable=protected-access
-        message += _grouped_field_hint(message, flag, flag_values[flag].default_as_str, argv)
+        message += _grouped_field_hint(message, flag, flag_values[flag].default, argv)
     raise UserError(message) from e
   except OSError as e:
     # A config file that failed to load, met by one of its overrides.
