@@ -13,7 +13,7 @@ import ml_collections
 import numpy as np
 
 from clan_jax import sharding
-from clan_jax.training import setup
+from clan_jax.training import diagnostics, setup
 from configs import default
 
 
@@ -28,6 +28,8 @@ class StepTiming:
   flops: float  # XLA's cost analysis of one step, per device
   peak_kind: str
   peak_bytes: int
+  diagnostics_s: float  # `diagnostics.compute` alone, compiled on its own (an upper bound)
+  merge_s: float  # the loop's eager merge of one step's metrics into the running ones
 
 
 def peak_memory() -> tuple[str, int]:
@@ -59,6 +61,34 @@ def saved_activation_bytes(model, image_size: int, batch_size: int) -> int:
 
   saved = jax.eval_shape(residuals, variables['params'], variables['batch_stats'], images)
   return sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(saved))
+
+
+def _mean_time(fn, num_runs: int) -> float:
+  """Mean wall time of `fn()` over `num_runs` runs, after one untimed run."""
+  jax.block_until_ready(fn())
+  started = time.perf_counter()
+  for _ in range(num_runs):
+    out = fn()
+  jax.block_until_ready(out)
+  return (time.perf_counter() - started) / num_runs
+
+
+def diagnostics_seconds(state, images: jax.Array, num_runs: int = 10) -> float:
+  """Time of the train step's diagnostics compiled on their own, for `state`'s model.
+
+  Inside the step XLA fuses these reductions with the reads the update already
+  does (the gradient's global norm among them), so this bounds their share of
+  the step from above. The gradients are stood in for by the parameters: only
+  their shapes matter.
+  """
+  variables = {'params': state.params, 'batch_stats': state.batch_stats}
+  _, updates = jax.eval_shape(
+      lambda v, x: state.apply_fn(v, x, train=True, mutable=['batch_stats', 'intermediates']),
+      variables, images)
+  intermediates = jax.tree.map(lambda s: jnp.full(s.shape, 0.5, s.dtype),
+                               updates.get('intermediates', {}))
+  compute = jax.jit(diagnostics.compute)
+  return _mean_time(lambda: compute(state.params, state.params, intermediates), num_runs)
 
 
 def _flops(compiled) -> float:
@@ -97,6 +127,7 @@ def time_train_step(model_config: ml_collections.ConfigDict, *, image_size: int,
   jax.block_until_ready((state, metrics))
   step_s = (time.perf_counter() - started) / num_steps
   peak_kind, peak_bytes = peak_memory()
+  running = run.train_metrics_cls.empty()
   return StepTiming(
       params=sum(x.size for x in jax.tree.leaves(state.params)), compile_s=compile_s,
       step_s=step_s,
@@ -104,4 +135,6 @@ def time_train_step(model_config: ml_collections.ConfigDict, *, image_size: int,
       temp_bytes=analysis.temp_size_in_bytes,
       saved_bytes=saved_activation_bytes(run.model, image_size, batch_size),
       flops=_flops(compiled),
-      peak_kind=peak_kind, peak_bytes=peak_bytes)
+      peak_kind=peak_kind, peak_bytes=peak_bytes,
+      diagnostics_s=diagnostics_seconds(state, batch['image']),
+      merge_s=_mean_time(lambda: running.merge(metrics), num_steps))

@@ -1,25 +1,24 @@
 """Train-step speed and memory of CLAN next to its plain backbone, in one run.
 
-  python benchmarks/train_step.py --image_size=224 --batch_size=8
-  python benchmarks/train_step.py --backbone=vgg16 --scales=3 --image_size=224 --batch_size=8
-  python benchmarks/train_step.py --backbone=resnet50 --image_size=448 --batch_size=32 --dtype=bfloat16
+  python -m benchmarks.train_step --image_size=224 --batch_size=8
+  python -m benchmarks.train_step --backbone=vgg16 --scales=3 --image_size=224 --batch_size=8
+  python -m benchmarks.train_step --backbone=resnet50 --image_size=448 --batch_size=32 --dtype=bfloat16
 
 For each model (the backbone with CLCA and CLSA off, then CLAN with every spec
 default and the backbone's --scales taps) it compiles the real sharded train step of train.py, runs
 --warmup steps, times --steps steps, and prints: compile time, mean step time,
 images per second, XLA's memory estimate of the compiled step (arguments +
-temporaries), and the peak memory the device reports (GPU/TPU) or the
-process's peak resident memory so far (CPU, which has no per-device count).
+temporaries), the peak memory the device reports (GPU/TPU) or the
+process's peak resident memory so far (CPU, which has no per-device count),
+and what the train step's diagnostics cost: their reductions compiled alone
+(an upper bound of their share of the step) and the loop's merge of one step's
+metrics (timing.StepTiming).
 """
-import os
-import sys
-
 from absl import app, flags
 import jax
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from benchmarks.timing import time_train_step  # pylint: disable=g-import-not-at-top
-from clan_jax.models import backbones  # pylint: disable=g-import-not-at-top
+from benchmarks.timing import time_train_step
+from clan_jax.models import backbones
 from configs import base
 
 flags.DEFINE_string('backbone', 'resnet50', 'A name in clan_jax/models/backbones.py.')
@@ -41,7 +40,8 @@ def benchmark(name: str, model_config) -> None:
   print(f'{name:<28} {t.params / 1e6:7.2f}M  compile {t.compile_s:6.1f} s  '
         f'step {t.step_s * 1000:8.1f} ms  {FLAGS.batch_size / t.step_s:8.1f} img/s  '
         f'XLA args+temp {t.xla_bytes / 2**30:6.2f} GiB  {t.peak_kind} '
-        f'{t.peak_bytes / 2**30:6.2f} GiB', flush=True)
+        f'{t.peak_bytes / 2**30:6.2f} GiB  diagnostics <= {t.diagnostics_s * 1000:.2f} ms  '
+        f'metrics merge {t.merge_s * 1000:.2f} ms', flush=True)
 
 
 def main(argv):
