@@ -19,6 +19,7 @@ from absl import app, flags, logging
 import jax
 
 from clan_jax import user_errors
+from clan_jax.experiments import source_pretraining
 from clan_jax.training import trainer
 
 FLAGS = flags.FLAGS
@@ -65,7 +66,8 @@ def main(argv):
   _initialize_distributed()
   logging.info('JAX %s, process %d/%d, devices: %s', jax.__version__,
                jax.process_index(), jax.process_count(), jax.devices())
-  results = trainer.train_and_evaluate(user_errors.config_flag(), FLAGS.workdir)
+  config = source_pretraining.apply(user_errors.config_flag())
+  results = trainer.train_and_evaluate(config, FLAGS.workdir)
   if 'stopped' in results:
     if jax.process_index() == 0:
       print(results['stopped'], flush=True)

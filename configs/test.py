@@ -4,6 +4,7 @@ from configs import default
 
 def get_config():
   config = default.get_config()
+  config.init.source_pretraining.enabled = False
   config.data.synthetic.num_classes = 4
   config.data.synthetic.train_per_class = 8
   config.data.synthetic.test_per_class = 4

@@ -105,6 +105,24 @@ def test_synthetic_sizes_are_checked(tmp_path):
               for label in range(synthetic.MAX_CLASSES)}) == 32
 
 
+def test_source_species_are_disjoint_and_drawn_apart(tmp_path):
+  demo = {synthetic.species(label) for label in range(synthetic.MAX_CLASSES)}
+  source = {synthetic.species(label, source=True) for label in range(synthetic.MAX_CLASSES)}
+  assert len(source) == synthetic.MAX_CLASSES and not demo & source
+  assert not {s.wing for s in demo} & {s.wing for s in source}
+  sizes = dict(num_classes=2, train_per_class=2, test_per_class=1, image_size=32, seed=0)
+  builders = [synthetic.synthetic_builder(str(tmp_path), **sizes, source=flag)
+              for flag in (False, True)]
+  for builder in builders:
+    builder.download_and_prepare()
+  assert builders[1].builder_config.name.endswith('_source')
+  demo_images, source_images = (_encoded_examples(b, 'train') for b in builders)
+  # Other birds, not the demo's recoloured: no image shares a row with its twin.
+  for key in demo_images:
+    a, b = (tf.io.decode_png(images[key][0]).numpy() for images in (demo_images, source_images))
+    assert not (a == b).all(axis=(1, 2)).any()
+
+
 def test_train_batches(config, builder):
   # 10 batches of 4 run through the 26 examples more than once.
   batches = _take(input_pipeline.create_train_dataset(config, builder), 10)

@@ -17,7 +17,7 @@ from clan_jax.models import torchvision_weights
 from clan_jax.workdir import checkpointing, trained_model
 from clan_jax.models import vgg
 from clan_jax.models.resnet import STAGE_NAMES
-from clan_jax.training import initialization, optimizer, setup, trainer
+from clan_jax.training import config_validation, initialization, optimizer, setup, trainer
 from clan_jax.training.train_state import abstract_train_state
 from configs import base
 from configs import test as test_config
@@ -367,7 +367,7 @@ def test_missing_file_and_two_sources_are_errors(tiny, tmp_path):
       torchvision_weights.load_weights(str(tmp_path / name))
   config = _config(backbone_weights=paths['pth'], checkpoint=str(tmp_path))
   with pytest.raises(ValueError, match='at most one'):
-    initialization.initialize(None, config)
+    config_validation.validate(config)
 
 
 def test_pth_without_torch_says_what_to_install(tiny, monkeypatch):

@@ -24,6 +24,8 @@ TINY = ['--config.data.dataset=clan_synthetic', '--config.data.synthetic.num_cla
         '--config.data.synthetic.image_size=36', '--config.data.resize_size=36',
         '--config.data.image_size=32', '--config.data.batch_size=8', '--config.data.eval_batch_size=8',
         '--config.model.backbone_width=4',
+        '--config.init.source_pretraining.train_per_class=2',
+        '--config.init.source_pretraining.num_train_steps=2',
         '--config.num_train_steps=2', '--config.checkpoint.every_steps=2',
         '--config.log_every_steps=1', '--config.mesh.data=1']
 def readme_commands(program: str) -> list[list[str]]:
@@ -99,7 +101,7 @@ def test_every_readme_train_command_runs(data_dir, tmp_path):
 @pytest.mark.parametrize('argv', readme_commands('-m clan_jax.cli.ablate'))
 def test_readme_ablation_command_runs(argv, data_dir, tmp_path):
   argv = _localise(argv, tmp_path) + TINY + [
-      f'--config.data.data_dir={data_dir}', '--variants=plain,clan', '--seeds=2',
+      f'--config.data.data_dir={data_dir}', '--variants=plain,clan', '--seeds=0,1',
       '--learning_rates=0.05,0.1', '--config.eval_every_epochs=1']
   if not any(a.startswith('--workdir') for a in argv):
     argv.append(f'--workdir={tmp_path / "ablation"}')

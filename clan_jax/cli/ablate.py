@@ -1,7 +1,7 @@
 """Ablation study: plain backbone, CLCA only, CLSA only and CLAN, on one config.
 
   python -m clan_jax.cli.ablate --config=configs/default.py \
-    --variants=plain,clca,clsa,clan --seeds=3 --learning_rates=0.05,0.1 \
+    --variants=plain,clca,clsa,clan --seeds=0,1,2,3,4 --jobs=2 \
     --workdir=workdirs/ablation
 
 The protocol is the same for every variant: each (variant, learning rate,
@@ -9,14 +9,17 @@ seed) trains in its own workdir, `ROOT/<variant>/lr<rate>/seed<seed>`, with
 `config.data.validation_percent` of the training split held out. A variant's
 learning rate is the one with the best mean validation top-1 over seeds; each
 run's test accuracy is read at the step of its best validation top-1. The test
-split never chooses anything.
+split never chooses anything. Seeds are `--seeds` (a list) or `--num_seeds`
+from `--seed_offset`; every variant runs on the same seeds, so the variants
+are compared seed by seed.
 
 Finished runs are skipped (their workdir holds `ablation_run.json`), and an
 interrupted one resumes from its last checkpoint, so the command can be
-re-run until it completes. It writes `ROOT/ablation.md` (mean +- sample std
-over seeds of test top-1, per branch and combined) and `ROOT/validation.png`
-(validation top-1 against step, mean over seeds, every variant at its chosen
-learning rate).
+re-run until it completes. It writes `ROOT/ablation.md` (per variant: test
+top-1 per branch, per seed, mean and sample std over seeds, the difference to
+`plain` paired by seed with its standard error, and the runs that collapsed)
+and `ROOT/validation.png` (validation top-1 against step, every seed and the
+mean, every variant at its chosen learning rate).
 """
 from collections.abc import Sequence
 import os
@@ -32,7 +35,11 @@ user_errors.define_config_file(
     lock_config=True)
 flags.DEFINE_string('workdir', 'workdirs/ablation', 'Root of every run\'s workdir.')
 flags.DEFINE_list('variants', list(ablation.VARIANTS), f'Any of {list(ablation.VARIANTS)}.')
-flags.DEFINE_integer('seeds', 3, 'Seeds 0 .. seeds-1 for every variant.')
+flags.DEFINE_list('seeds', [], 'The seeds every variant runs, e.g. 0,1,2,3,4; empty: '
+                  '--num_seeds seeds from --seed_offset.')
+flags.DEFINE_integer('num_seeds', 5, 'How many seeds, when --seeds is empty.')
+flags.DEFINE_integer('seed_offset', 0, 'The first seed, when --seeds is empty.')
+flags.DEFINE_integer('jobs', 1, 'Runs that train at the same time, each in its own process.')
 flags.DEFINE_list('learning_rates', [],
                   'The grid every variant is tuned over (on validation); empty: '
                   'the config\'s learning_rate only.')
@@ -42,18 +49,30 @@ flags.DEFINE_integer('validation_percent', 10,
 FLAGS = flags.FLAGS
 
 
+def _seeds() -> list[int]:
+  if not FLAGS.seeds:
+    if FLAGS.num_seeds < 1 or FLAGS.seed_offset < 0:
+      raise app.UsageError(f'--num_seeds={FLAGS.num_seeds} must be at least 1 and '
+                           f'--seed_offset={FLAGS.seed_offset} at least 0.')
+    return list(range(FLAGS.seed_offset, FLAGS.seed_offset + FLAGS.num_seeds))
+  if not all(s.isdigit() for s in FLAGS.seeds) or len(set(FLAGS.seeds)) < len(FLAGS.seeds):
+    raise app.UsageError(f'--seeds={",".join(FLAGS.seeds)} must be distinct integers >= 0, '
+                         'e.g. --seeds=0,1,2,3,4.')
+  return [int(s) for s in FLAGS.seeds]
+
+
 def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   unknown = sorted(set(FLAGS.variants) - set(ablation.VARIANTS))
   if unknown:
     raise app.UsageError(f'--variants has {unknown}; allowed: {list(ablation.VARIANTS)}.')
-  if FLAGS.seeds < 1:
-    raise app.UsageError(f'--seeds={FLAGS.seeds} must be at least 1.')
+  if FLAGS.jobs < 1:
+    raise app.UsageError(f'--jobs={FLAGS.jobs} must be at least 1.')
   rates = [float(r) for r in FLAGS.learning_rates] or [FLAGS.config.optim.learning_rate]
   table, runs = ablation.run_study(
-      FLAGS.config, FLAGS.workdir, variants=FLAGS.variants, seeds=FLAGS.seeds,
-      learning_rates=rates, validation_percent=FLAGS.validation_percent)
+      FLAGS.config, FLAGS.workdir, variants=FLAGS.variants, seeds=_seeds(),
+      learning_rates=rates, validation_percent=FLAGS.validation_percent, jobs=FLAGS.jobs)
   total = sum(r['seconds'] for r in runs.values())
   print(table)
   print(f'{len(runs)} runs, {total / 60:.1f} min of training in all '

@@ -15,6 +15,11 @@ A label is a mixed-radix number of details, `wing` varying fastest (see
 `species`): up to 32 classes, and the 10 classes of the default config differ
 in wing colour, eye ring and, for two of them, tail bars.
 
+`source=True` draws 32 other species, whose wing patches take four other
+colours (green, orange, purple, black): a pretraining task whose species are
+disjoint from the others', as ImageNet's are from a fine-grained dataset's
+(`clan_jax/experiments/source_pretraining.py`).
+
 Images are a pure function of (seed, split, example index): the same
 parameters give byte-identical examples, whatever the generation order.
 
@@ -59,6 +64,14 @@ _WING_RGB = {
     'blue': (0.15, 0.35, 0.95),
     'white': (0.97, 0.97, 0.97),
 }
+# The source species' wing colours, none of them one of the above.
+_SOURCE_STREAM = 1  # seeds the source species' images apart from the others'
+_SOURCE_WING_RGB = {
+    'green': (0.15, 0.70, 0.20),
+    'orange': (0.95, 0.50, 0.10),
+    'purple': (0.55, 0.15, 0.75),
+    'black': (0.05, 0.05, 0.05),
+}
 # Beak length beyond the head, in body lengths (the body's semi-major axis).
 _BEAK_LENGTH = {'short': 0.2, 'long': 0.9}
 # Centre and half extent of the bird's bounding box (rotations included), in
@@ -69,10 +82,14 @@ _HALF_WIDTH, _HALF_HEIGHT = 2.0, 1.5
 _CROP_MARGIN = 0.11
 
 
-def species(label: int) -> Species:
-  """Decodes a label into its details, the first detail varying fastest."""
+def species(label: int, source: bool = False) -> Species:
+  """Decodes a label into its details, the first detail varying fastest.
+
+  `source`: the source species, whose wing colours are `_SOURCE_WING_RGB`'s.
+  """
+  choices_of = _CHOICES._replace(wing=tuple(_SOURCE_WING_RGB)) if source else _CHOICES
   details = []
-  for choices in _CHOICES:
+  for choices in choices_of:
     label, digit = divmod(label, len(choices))
     details.append(choices[digit])
   return Species(*details)
@@ -95,6 +112,7 @@ class SyntheticConfig(tfds.core.BuilderConfig):
   test_per_class: int = 20
   image_size: int = 72
   seed: int = 0
+  source: bool = False  # the source species (see the module's docstring)
 
   def __post_init__(self):
     if not 2 <= self.num_classes <= MAX_CLASSES:
@@ -112,7 +130,7 @@ class SyntheticConfig(tfds.core.BuilderConfig):
           'so that the local details stay several pixels across.')
     self.name = (f'c{self.num_classes}_train{self.train_per_class}'
                  f'_test{self.test_per_class}_px{self.image_size}'
-                 f'_seed{self.seed}')
+                 f'_seed{self.seed}' + ('_source' if self.source else ''))
 
 
 class ClanSynthetic(tfds.core.GeneratorBasedBuilder):
@@ -130,7 +148,7 @@ class ClanSynthetic(tfds.core.GeneratorBasedBuilder):
     names = [class_name(label) for label in range(config.num_classes)]
     legend = '\n'.join(
         f'{name}: ' + ', '.join(f'{value} {detail}' for detail, value in
-                                species(label)._asdict().items())
+                                species(label, config.source)._asdict().items())
         for label, name in enumerate(names))
     return tfds.core.DatasetInfo(
         builder=self,
@@ -158,10 +176,12 @@ class ClanSynthetic(tfds.core.GeneratorBasedBuilder):
     split_seed = int.from_bytes(split.encode(), 'little')
     for index in range(config.num_classes * per_class):
       label = index % config.num_classes
-      rng = np.random.default_rng([config.seed, split_seed, index])
+      # The source species draw other images too, not the same birds recoloured.
+      rng = np.random.default_rng(
+          [config.seed, split_seed, index, *([_SOURCE_STREAM] if config.source else [])])
       example_id = f'{split}_{index:05d}'
       yield example_id, {
-          'image': render_bird(species(label), rng, config.image_size),
+          'image': render_bird(species(label, config.source), rng, config.image_size),
           'label': label,
           'id': example_id,
       }
@@ -178,6 +198,7 @@ def synthetic_builder(
     test_per_class: int,
     image_size: int,
     seed: int,
+    source: bool = False,
 ) -> tfds.core.DatasetBuilder:
   """Returns the (possibly not yet prepared) builder of one dataset size.
 
@@ -188,10 +209,11 @@ def synthetic_builder(
     test_per_class: test images per class.
     image_size: height and width of the square images, at least 32.
     seed: the same seed gives byte-identical images.
+    source: the source species, disjoint from the others.
   """
   config = SyntheticConfig(
       num_classes=num_classes, train_per_class=train_per_class,
-      test_per_class=test_per_class, image_size=image_size, seed=seed)
+      test_per_class=test_per_class, image_size=image_size, seed=seed, source=source)
   # TFDS refuses a custom config named like a registered one: use the latter.
   config = ClanSynthetic.builder_configs.get(config.name, config)
   return ClanSynthetic(data_dir=data_dir, config=config)
@@ -298,7 +320,8 @@ def _draw_bird(canvas: np.ndarray, details: Species, rng: np.random.Generator,
     paint(np.maximum(tail, bars), (0.95, 0.95, 0.9))
 
   paint(_ellipse(u, v, centre=(0.0, 0.0), radii=(1.0, 0.62)), body_rgb)
-  wing_rgb = np.array(_WING_RGB[details.wing]) + rng.uniform(-0.05, 0.05, 3)
+  wing_rgb = np.array({**_WING_RGB, **_SOURCE_WING_RGB}[details.wing]) + rng.uniform(
+      -0.05, 0.05, 3)
   paint(_ellipse(u, v, centre=(-0.15, -0.05), radii=(0.55, 0.3),
                  angle=np.deg2rad(-10)), wing_rgb)
   paint(_ellipse(u, v, centre=(0.92, -0.48), radii=(0.42, 0.42)),

@@ -3,14 +3,16 @@
 The command is `python -m clan_jax.cli.ablate`; its docstring gives the protocol.
 """
 from collections.abc import Sequence
+from concurrent import futures
 import json
+import multiprocessing
 import os
 import time
 
 from absl import logging
 import ml_collections
 
-from clan_jax.experiments import ablation_report
+from clan_jax.experiments import ablation_report, source_pretraining
 from clan_jax.training import trainer
 
 VARIANTS = {  # name: (use_clca, use_clsa)
@@ -55,25 +57,38 @@ def run_once(config: ml_collections.ConfigDict, workdir: str) -> dict:
   return record
 
 
+def _run_in_process(config_dict: dict, workdir: str) -> dict:
+  """`run_once` in a worker process, which receives the config as a plain dict."""
+  return run_once(ml_collections.ConfigDict(config_dict), workdir)
+
+
 def run_study(base: ml_collections.ConfigDict, root: str, *, variants: Sequence[str],
-              seeds: int, learning_rates: Sequence[float], validation_percent: int
-              ) -> tuple[str, dict]:
+              seeds: Sequence[int], learning_rates: Sequence[float],
+              validation_percent: int, jobs: int = 1) -> tuple[str, dict]:
   """Every (variant, learning rate, seed) run under `root`, then the report.
 
-  Writes `root`/REPORT_FILE and `root`/PLOT_FILE; returns the markdown table
-  and the runs, keyed (variant, learning rate, seed).
+  `jobs` runs train at a time, each in its own process. The source backbone
+  of `base` (config.init.source_pretraining) is pretrained first, once, and
+  every run starts from it. Writes `root`/REPORT_FILE and `root`/PLOT_FILE;
+  returns the markdown report and the runs, keyed (variant, learning rate, seed).
   """
-  runs = {}
+  base = source_pretraining.apply(base)
   # Learning rate, then seed, outermost: a study stopped early has every
   # variant on the same runs so far.
-  for rate in learning_rates:
-    for seed in range(seeds):
-      for variant in variants:
-        workdir = os.path.join(root, variant, f'lr{rate:g}', f'seed{seed}')
-        logging.info('ablation: %s, learning rate %g, seed %d -> %s', variant, rate,
-                     seed, workdir)
-        runs[variant, rate, seed] = run_once(
-            run_config(base, variant, seed, rate, validation_percent), workdir)
+  plan = {(variant, rate, seed): os.path.join(root, variant, f'lr{rate:g}', f'seed{seed}')
+          for rate in learning_rates for seed in seeds for variant in variants}
+  configs = {key: run_config(base, *key, validation_percent) for key in plan}
+  for (variant, rate, seed), workdir in plan.items():
+    logging.info('ablation: %s, learning rate %g, seed %d -> %s', variant, rate, seed, workdir)
+  if jobs == 1:
+    runs = {key: run_once(configs[key], workdir) for key, workdir in plan.items()}
+  else:
+    # 'spawn': a forked child would inherit this process's JAX runtime threads.
+    with futures.ProcessPoolExecutor(
+        jobs, mp_context=multiprocessing.get_context('spawn')) as pool:
+      pending = {key: pool.submit(_run_in_process, configs[key].to_dict(), workdir)
+                 for key, workdir in plan.items()}
+      runs = {key: future.result() for key, future in pending.items()}
   table, chosen = ablation_report.summarize(runs)
   with open(os.path.join(root, REPORT_FILE), 'w') as f:
     f.write(table)

@@ -1,16 +1,28 @@
-"""Reads the ablation's runs back from their TensorBoard logs; writes its table and plot.
+"""Reads the ablation's runs back from their TensorBoard logs; writes its tables and plot.
 
 A run's history is {tag: {step: value}} for the 'eval/top1_*' (test) and
 'validation/top1_*' scalars that `train.py` writes at every evaluation.
+
+The report is a statistic over seeds: per variant, the test top-1 of every
+seed, their mean and sample standard deviation, and the difference to the
+baseline variant paired by seed, with its standard error. A run far below its
+variant's median (COLLAPSE_FRACTION) is flagged, not silently averaged.
 """
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 import glob
+import math
 import os
 
 import numpy as np
 import tensorflow as tf
 
 VALIDATION = 'validation/top1_combined'
+BASELINE = 'plain'
+# A run below this fraction of its variant's median test top-1 collapsed.
+COLLAPSE_FRACTION = 0.8
+COLLAPSED_MARK = '†'
+
+Runs = Mapping[tuple[str, float, int], Mapping]  # (variant, lr, seed) -> run record
 
 
 def read_history(workdir: str) -> dict[str, dict[int, float]]:
@@ -51,65 +63,145 @@ def selected(history: Mapping[str, Mapping]) -> tuple[int, dict[str, float]]:
   return step, test
 
 
-def summarize(runs: Mapping[tuple[str, float, int], Mapping]
-              ) -> tuple[str, dict[str, float]]:
-  """The markdown table, and each variant's learning rate chosen on validation.
-
-  Args:
-    runs: {(variant, learning rate, seed): {'history': ..., 'seconds': ...}}.
-  """
-  variants = list(dict.fromkeys(v for v, _, _ in runs))
+def choose_rates(runs: Runs) -> dict[str, float]:
+  """Each variant's learning rate: the best mean (over seeds) of best validation top-1."""
   chosen = {}
-  for variant in variants:
+  for variant in dict.fromkeys(v for v, _, _ in runs):
     rates = sorted({r for v, r, _ in runs if v == variant})
     mean_validation = {
         rate: np.mean([max(_steps(run['history'])[VALIDATION].values())
                        for (v, r, _), run in runs.items() if (v, r) == (variant, rate)])
         for rate in rates}
     chosen[variant] = max(rates, key=lambda r: mean_validation[r])
+  return chosen
+
+
+def _chosen_runs(runs: Runs, chosen: Mapping[str, float], variant: str) -> dict[int, Mapping]:
+  """{seed: run} of `variant` at its chosen learning rate."""
+  return {s: run for (v, r, s), run in sorted(runs.items()) if v == variant and r == chosen[v]}
+
+
+def collapsed(values: Mapping[int, float]) -> set[int]:
+  """The seeds whose value is below COLLAPSE_FRACTION of the median of `values`."""
+  median = float(np.median(list(values.values())))
+  return {seed for seed, value in values.items() if value < COLLAPSE_FRACTION * median}
+
+
+def paired_difference(a: Mapping[int, float], b: Mapping[int, float]
+                      ) -> tuple[float, float, int]:
+  """(mean of a - b over their common seeds, its standard error, the number of seeds).
+
+  The standard error is the sample standard deviation of the per-seed
+  differences over sqrt(n): NaN with fewer than two common seeds.
+  """
+  seeds = sorted(set(a) & set(b))
+  differences = np.asarray([a[s] - b[s] for s in seeds], np.float64)
+  if len(seeds) < 2:
+    return (float(differences.mean()) if seeds else math.nan), math.nan, len(seeds)
+  return (float(differences.mean()),
+          float(differences.std(ddof=1) / math.sqrt(len(seeds))), len(seeds))
+
+
+def summarize(runs: Runs) -> tuple[str, dict[str, float]]:
+  """The markdown report, and each variant's learning rate chosen on validation.
+
+  Three tables: per-branch means; combined test top-1 per seed with mean, std
+  and the paired difference to BASELINE; and the runs flagged as collapsed.
+
+  Args:
+    runs: {(variant, learning rate, seed): {'history': ..., 'seconds': ...}}.
+  """
+  chosen = choose_rates(runs)
+  variants = list(chosen)
+  tests = {v: {s: selected(run['history'])[1] for s, run in _chosen_runs(runs, chosen, v).items()}
+           for v in variants}
+  combined = {v: {s: 100 * t['combined'] for s, t in tests[v].items()} for v in variants}
   # In the model's output order: the variant with most branches lists them first.
-  per_run = sorted((list(selected(run['history'])[1]) for (v, r, _), run in runs.items()
-                    if chosen[v] == r), key=len, reverse=True)
+  per_run = sorted((list(t) for v in variants for t in tests[v].values()), key=len, reverse=True)
   branches = list(dict.fromkeys(b for names in per_run for b in names if b != 'combined'))
+
   header = ['variant', 'lr', 'seeds', 'validation top-1', *[f'test `{b}`' for b in branches],
             '**test combined**']
-  lines = ['| ' + ' | '.join(header) + ' |', '|' + '---|' * len(header)]
+  lines = [_row(header), _rule(header)]
   for variant in variants:
-    picked = [run for (v, r, _), run in runs.items() if v == variant and r == chosen[v]]
-    validation = [max(_steps(run['history'])[VALIDATION].values()) for run in picked]
-    tests = [selected(run['history'])[1] for run in picked]
+    picked = _chosen_runs(runs, chosen, variant)
+    validation = [100 * max(_steps(run['history'])[VALIDATION].values())
+                  for run in picked.values()]
     cells = [variant, f'{chosen[variant]:g}', str(len(picked)), _mean_std(validation)]
-    cells += [_mean_std([t[b] for t in tests]) if b in tests[0] else '' for b in branches]
-    cells.append(f"**{_mean_std([t['combined'] for t in tests])}**")
-    lines.append('| ' + ' | '.join(cells) + ' |')
-  note = ('\nTop-1 %, mean ± sample standard deviation over seeds; test accuracy at '
-          'each run\'s best validation step; lr chosen per variant by mean best '
-          'validation top-1.\n')
-  return '\n'.join(lines) + '\n' + note, chosen
+    cells += [_mean_std([100 * t[b] for t in tests[variant].values()])
+              if b in next(iter(tests[variant].values())) else '' for b in branches]
+    cells.append(f'**{_mean_std(list(combined[variant].values()))}**')
+    lines.append(_row(cells))
+
+  seeds = sorted({s for v in variants for s in combined[v]})
+  header = ['variant', *[f'seed {s}' for s in seeds], 'mean ± std',
+            f'paired difference to {BASELINE} ± s.e. (seeds)']
+  lines += ['', _row(header), _rule(header)]
+  flagged = []
+  for variant in variants:
+    values = combined[variant]
+    down = collapsed(values)
+    flagged += [(variant, s, values[s]) for s in sorted(down)]
+    cells = [variant] + [
+        (f'{values[s]:.1f}{COLLAPSED_MARK if s in down else ""}' if s in values else '')
+        for s in seeds]
+    cells.append(_mean_std(list(values.values())))
+    if variant != BASELINE and BASELINE in combined:
+      diff, error, n = paired_difference(values, combined[BASELINE])
+      cells.append(f'{diff:+.1f} ± {error:.1f} ({n})')
+    else:
+      cells.append('')
+    lines.append(_row(cells))
+  lines.append('')
+  lines.append('Top-1 %, test accuracy at each run\'s best validation step; mean ± sample '
+               'standard deviation over seeds; lr chosen per variant by mean best '
+               'validation top-1. The paired difference is the mean over seeds of '
+               f'(variant - {BASELINE}) on the same seed, ± its standard error (std of the '
+               'differences / sqrt(seeds)).')
+  if flagged:
+    lines.append(f'{COLLAPSED_MARK} collapsed: below {COLLAPSE_FRACTION:.0%} of its variant\'s '
+                 'median, and still counted in the mean: ' + ', '.join(
+                     f'{v} seed {s} ({value:.1f})' for v, s, value in flagged) + '.')
+  else:
+    lines.append(f'No run collapsed (none below {COLLAPSE_FRACTION:.0%} of its variant\'s '
+                 'median).')
+  return '\n'.join(lines) + '\n', chosen
 
 
-def _mean_std(values) -> str:
-  values = 100 * np.asarray(values, np.float64)
+def _row(cells: Sequence[str]) -> str:
+  return '| ' + ' | '.join(cells) + ' |'
+
+
+def _rule(header: Sequence[str]) -> str:
+  return '|' + '---|' * len(header)
+
+
+def _mean_std(values: Sequence[float]) -> str:
+  values = np.asarray(values, np.float64)
   std = values.std(ddof=1) if len(values) > 1 else 0.0
   return f'{values.mean():.1f} ± {std:.1f}'
 
 
-def plot_validation(runs: Mapping[tuple[str, float, int], Mapping],
-                    chosen: Mapping[str, float], path: str) -> None:
-  """Validation top-1 against step, mean over seeds, one line per variant."""
+def plot_validation(runs: Runs, chosen: Mapping[str, float], path: str) -> None:
+  """Validation top-1 against step: every seed thin, the mean over seeds bold."""
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use('Agg')
   from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
 
   fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
-  for variant, rate in chosen.items():
-    curves = [_steps(run['history'])[VALIDATION] for (v, r, _), run in runs.items()
-              if v == variant and r == rate]
+  for index, variant in enumerate(chosen):
+    colour = f'C{index}'
+    curves = [_steps(run['history'])[VALIDATION]
+              for run in _chosen_runs(runs, chosen, variant).values()]
+    for curve in curves:
+      steps = sorted(curve)
+      ax.plot(steps, [100 * curve[s] for s in steps], color=colour, alpha=0.3, lw=0.8)
     steps = sorted(set.intersection(*(set(c) for c in curves)))
     mean = [100 * np.mean([c[s] for c in curves]) for s in steps]
-    ax.plot(steps, mean, marker='o', label=f'{variant} (lr {rate:g})')
+    ax.plot(steps, mean, color=colour, lw=2, marker='o', ms=3,
+            label=f'{variant} (lr {chosen[variant]:g}, {len(curves)} seeds)')
   ax.set_xlabel('step')
-  ax.set_ylabel('validation top-1 (%), mean over seeds')
+  ax.set_ylabel('validation top-1 (%): seeds thin, mean bold')
   ax.grid(alpha=0.3)
   ax.legend()
   fig.tight_layout()

@@ -106,6 +106,7 @@ FIELD_RULES: list[Rule] = [
     integer('data.synthetic.test_per_class', 1),
     integer('data.synthetic.image_size', 32),
     integer('data.synthetic.seed', 0),
+    boolean('data.synthetic.source'),
     integer('data.resize_size', 1),
     integer('data.image_size', 1),
     boolean('data.cache'),
@@ -125,6 +126,11 @@ FIELD_RULES: list[Rule] = [
     # --- Initialisation ---
     optional_path('init.backbone_weights', 'file'),
     optional_path('init.checkpoint', 'dir'),
+    boolean('init.source_pretraining.enabled'),
+    integer('init.source_pretraining.train_per_class', 1),
+    integer('init.source_pretraining.num_train_steps', 1),
+    number('init.source_pretraining.learning_rate', 0, low_open=True),
+    number('init.source_pretraining.warmup_epochs', 0),
     # --- Loss and optimisation ---
     number('loss.label_smoothing', 0, 1, high_open=True),
     number('num_epochs', 0),
@@ -189,9 +195,19 @@ def _check_accumulation(config: ml_collections.ConfigDict) -> None:
 
 
 def _check_init(config: ml_collections.ConfigDict) -> None:
-  if config.init.backbone_weights and config.init.checkpoint:
-    raise UserError('Set at most one of config.init.backbone_weights and '
-                    'config.init.checkpoint.')
+  sources = [name for name, given in (
+      ('backbone_weights', config.init.backbone_weights),
+      ('checkpoint', config.init.checkpoint),
+      ('source_pretraining.enabled', config.init.source_pretraining.enabled)) if given]
+  if len(sources) > 1:
+    raise UserError(f'Set at most one of config.init.backbone_weights, config.init.checkpoint '
+                    f'and config.init.source_pretraining.enabled; this config sets '
+                    f'{" and ".join("config.init." + s for s in sources)}.')
+  if (config.init.source_pretraining.enabled
+      and config.data.dataset != synthetic.NAME):
+    raise UserError(f'config.init.source_pretraining.enabled=True pretrains on the synthetic '
+                    f"source species: it needs config.data.dataset='{synthetic.NAME}', not "
+                    f'{config.data.dataset!r}.')
 
 
 # Run in order, after FIELD_RULES, so each may rely on its fields' types.

@@ -14,7 +14,6 @@ import numpy as np
 from clan_jax.models import torchvision_weights
 from clan_jax.models.torchvision_weights import WeightsMismatchError
 from clan_jax.training.train_state import TrainState
-from clan_jax.user_errors import UserError
 from clan_jax.workdir import trained_model
 
 _BACKBONE = 'backbone'  # CLAN's name for its backbone
@@ -45,10 +44,7 @@ def initialize(state: TrainState, config: ml_collections.ConfigDict) -> TrainSta
   Raises before anything is replaced if the file's depth, keys or shapes do not
   match the model of `config.model`. Returns `state` unchanged if neither is set.
   """
-  init = config.init
-  if init.backbone_weights and init.checkpoint:
-    raise UserError('Set at most one of config.init.backbone_weights and '
-                    'config.init.checkpoint.')
+  init = config.init  # config_validation allows at most one of the two
   if not (init.backbone_weights or init.checkpoint):
     return state
   expected = _flatten({'params': state.params, 'batch_stats': state.batch_stats})

@@ -68,6 +68,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       (nonfinite.NonFiniteError) a non-finite step that stops the run.
   """
   config_validation.validate(config)
+  if config.init.source_pretraining.enabled:
+    raise UserError('config.init.source_pretraining.enabled=True is a request that '
+                    'clan_jax.experiments.source_pretraining.apply(config) turns into '
+                    'config.init.backbone_weights: call it first (train.py and the '
+                    'ablation tool do).')
   mesh = sharding.create_mesh(config.mesh)
   sharding.check_batch_size(config.data.batch_size, mesh, 'data.batch_size')
   sharding.check_batch_size(config.data.eval_batch_size, mesh, 'data.eval_batch_size')

@@ -1,0 +1,128 @@
+"""The paper's regime in miniature: a backbone pretrained on other species, then fine-tuned.
+
+The paper fine-tunes an ImageNet backbone; the demo cannot download one, so it
+makes its own. `apply(config)` trains the plain backbone of `config.model` on
+the synthetic dataset's source species (`synthetic.py`, `source=True`: 32
+species whose wing colours the demo's species never have, drawn as other
+images), saves it as a backbone `.npz` under the data directory, and returns
+`config` with `config.init.backbone_weights` pointing at it, exactly as a user
+points it at converted ImageNet weights. The file is made once per pretraining
+recipe and backbone and then reused: its directory is named by a hash of
+everything that determines its contents, and a run that is interrupted
+resumes from its checkpoint.
+
+`config.init.source_pretraining` holds the recipe: source images per species,
+steps, learning rate. Everything else (backbone, image sizes, batch size,
+optimizer) is the target config's.
+"""
+import hashlib
+import json
+import os
+
+from absl import logging
+from flax import traverse_util
+import jax
+from jax.experimental import multihost_utils
+import ml_collections
+import numpy as np
+
+from clan_jax.data import synthetic
+from clan_jax.models import torchvision_weights
+from clan_jax.training import config_validation, trainer
+from clan_jax.user_errors import UserError
+from clan_jax.workdir import trained_model
+
+WEIGHTS_FILE = 'backbone.npz'
+CACHE_DIR = 'clan_synthetic_source_backbones'  # under the data directory
+_BACKBONE = 'backbone'  # CLAN's name for its backbone
+
+
+def source_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """The pretraining run: the plain backbone of `config` on the source species."""
+  recipe = config.init.source_pretraining
+  source = config.copy_and_resolve_references()
+  source.init.source_pretraining.enabled = False
+  source.init.backbone_weights = None
+  source.init.checkpoint = None
+  source.data.synthetic.source = True
+  source.data.synthetic.num_classes = synthetic.MAX_CLASSES
+  source.data.synthetic.train_per_class = recipe.train_per_class
+  source.data.validation_percent = 0
+  source.model.use_clca = False
+  source.model.use_clsa = False
+  source.loss.branch_weights = ml_collections.ConfigDict({'top': 1.0})
+  source.optim.learning_rate = recipe.learning_rate
+  source.optim.new_layers_lr_multiplier = 1.0
+  source.optim.warmup_epochs = recipe.warmup_epochs
+  source.num_train_steps = recipe.num_train_steps
+  source.eval_every_epochs = 1e9  # the final step alone
+  source.checkpoint.every_steps = max(1, recipe.num_train_steps // 4)
+  return source
+
+
+def _fingerprint(source: ml_collections.ConfigDict) -> str:
+  """A hash of every field that changes the pretrained weights."""
+  fields = source.to_dict()
+  # Where the data lives, how the run is cut up and which devices run it
+  # change nothing that is saved.
+  fields['data'].pop('data_dir')
+  for name in ('mesh', 'checkpoint', 'log_every_steps', 'eval_every_epochs'):
+    fields.pop(name)
+  for name in ('dtype', 'remat', 'remat_policy'):
+    fields['model'].pop(name)
+  text = json.dumps(fields, sort_keys=True, default=str)
+  return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def cache_dir(config: ml_collections.ConfigDict) -> str:
+  """Where the source backbone of `config` is (or will be) kept."""
+  source = source_config(config)
+  root = synthetic.synthetic_builder(source.data.data_dir, **source.data.synthetic).data_dir_root
+  name = f'{source.model.backbone}_w{source.model.backbone_width}_{_fingerprint(source)}'
+  return os.path.join(root, CACHE_DIR, name)
+
+
+def _save_backbone(workdir: str, path: str) -> None:
+  """Writes the backbone of `workdir`'s latest checkpoint as a weights `.npz`."""
+  trained = trained_model.load(workdir)
+  flat = traverse_util.flatten_dict(jax.device_get(trained.variables), sep='/')
+  arrays = {f'{kind}/{rest}': np.asarray(value) for key, value in flat.items()
+            for kind, module, rest in [key.split('/', 2)] if module == _BACKBONE}
+  weights = torchvision_weights.BackboneWeights(trained.config.model.backbone, arrays)
+  partial = path + '.partial'
+  torchvision_weights.save_npz(partial, weights)
+  os.replace(partial, path)  # a reader never sees half a file
+
+
+def apply(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """`config` initialised from its source backbone, pretrained first if not cached.
+
+  Validates `config` first. Returns `config` itself when
+  `config.init.source_pretraining.enabled` is False; otherwise a copy with the request replaced by its result:
+  `init.backbone_weights` names the `.npz` and `source_pretraining.enabled`
+  is False, so the run's config.json says which file it started from.
+  """
+  config_validation.validate(config)
+  if not config.init.source_pretraining.enabled:
+    return config
+  directory = cache_dir(config)
+  path = os.path.join(directory, WEIGHTS_FILE)
+  if not os.path.exists(path):
+    source = source_config(config)
+    logging.info('Pretraining the %s backbone on %d source species (once; kept in %s).',
+                 source.model.backbone, synthetic.MAX_CLASSES, directory)
+    workdir = os.path.join(directory, 'run')
+    results = trainer.train_and_evaluate(source, workdir)
+    if 'stopped' in results:
+      raise UserError(f'Pretraining on the source species was stopped: {results["stopped"]}')
+    logging.info('Source backbone: top-1 %.2f%% on the source test split.',
+                 100 * results['top1_combined'])
+    if jax.process_index() == 0:
+      _save_backbone(workdir, path)
+    if jax.process_count() > 1:
+      multihost_utils.sync_global_devices('clan_jax: source backbone saved')
+  resolved = config.copy_and_resolve_references()
+  resolved.init.backbone_weights = path
+  resolved.init.source_pretraining.enabled = False
+  return resolved
+
