@@ -41,18 +41,22 @@ def run_config(base: ml_collections.ConfigDict, variant: str, seed: int,
   return config
 
 
+def finished_run(workdir: str) -> dict | None:
+  """The record of a run that finished in `workdir` earlier, or None."""
+  record_path = os.path.join(workdir, RUN_FILE)
+  if not os.path.exists(record_path):
+    return None
+  with open(record_path) as f:
+    return json.load(f)
+
+
 def run_once(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Trains (or resumes) one run; returns what `ablation_report` reads."""
-  record_path = os.path.join(workdir, RUN_FILE)
-  if os.path.exists(record_path):
-    logging.info('ablation: %s finished earlier, skipped.', workdir)
-    with open(record_path) as f:
-      return json.load(f)
   start = time.time()
   trainer.train_and_evaluate(config, workdir)
   record = {'seconds': time.time() - start,
             'history': ablation_report.read_history(workdir)}
-  with open(record_path, 'w') as f:
+  with open(os.path.join(workdir, RUN_FILE), 'w') as f:
     json.dump(record, f)
   return record
 
@@ -69,26 +73,33 @@ def run_study(base: ml_collections.ConfigDict, root: str, *, variants: Sequence[
 
   `jobs` runs train at a time, each in its own process. The source backbone
   of `base` (config.init.source_pretraining) is pretrained first, once, and
-  every run starts from it. Writes `root`/REPORT_FILE and `root`/PLOT_FILE;
-  returns the markdown report and the runs, keyed (variant, learning rate, seed).
+  every run starts from it. Runs that finished earlier are read back, not
+  trained again. Writes `root`/REPORT_FILE and `root`/PLOT_FILE; returns the
+  markdown report and the runs, keyed (variant, learning rate, seed).
   """
   base = source_pretraining.apply(base)
   # Learning rate, then seed, outermost: a study stopped early has every
   # variant on the same runs so far.
   plan = {(variant, rate, seed): os.path.join(root, variant, f'lr{rate:g}', f'seed{seed}')
           for rate in learning_rates for seed in seeds for variant in variants}
-  configs = {key: run_config(base, *key, validation_percent) for key in plan}
+  runs, todo = {}, {}
   for (variant, rate, seed), workdir in plan.items():
-    logging.info('ablation: %s, learning rate %g, seed %d -> %s', variant, rate, seed, workdir)
-  if jobs == 1:
-    runs = {key: run_once(configs[key], workdir) for key, workdir in plan.items()}
+    runs[variant, rate, seed] = finished_run(workdir)
+    if runs[variant, rate, seed]:
+      logging.info('ablation: %s finished earlier, skipped.', workdir)
+    else:
+      logging.info('ablation: %s, learning rate %g, seed %d -> %s', variant, rate, seed,
+                   workdir)
+      todo[variant, rate, seed] = run_config(base, variant, seed, rate, validation_percent)
+  if jobs == 1 or len(todo) < 2:
+    runs.update({key: run_once(config, plan[key]) for key, config in todo.items()})
   else:
     # 'spawn': a forked child would inherit this process's JAX runtime threads.
     with futures.ProcessPoolExecutor(
-        jobs, mp_context=multiprocessing.get_context('spawn')) as pool:
-      pending = {key: pool.submit(_run_in_process, configs[key].to_dict(), workdir)
-                 for key, workdir in plan.items()}
-      runs = {key: future.result() for key, future in pending.items()}
+        min(jobs, len(todo)), mp_context=multiprocessing.get_context('spawn')) as pool:
+      pending = {key: pool.submit(_run_in_process, config.to_dict(), plan[key])
+                 for key, config in todo.items()}
+      runs.update({key: future.result() for key, future in pending.items()})
   table, chosen = ablation_report.summarize(runs)
   with open(os.path.join(root, REPORT_FILE), 'w') as f:
     f.write(table)
