@@ -1,7 +1,7 @@
 """Speed of the input pipeline alone, at the paper's 448x448, on this host's CPUs.
 
-  python benchmarks/input_pipeline.py
-  python benchmarks/input_pipeline.py --num_images=2000 --data_dir=/tmp/cub_bench
+  python -m benchmarks.input_pipeline
+  python -m benchmarks.input_pipeline --num_images=2000 --data_dir=/tmp/cub_bench
 
 It writes (once: a prepared --data_dir is reused) a CUB-200-2011 look-alike in
 the official layout: images.txt, image_class_labels.txt, train_test_split.txt,
@@ -27,7 +27,6 @@ import math
 import os
 import platform
 import resource
-import sys
 import tempfile
 import time
 
@@ -37,8 +36,7 @@ import PIL.Image
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from clan_jax.data import input_pipeline  # pylint: disable=g-import-not-at-top
+from clan_jax.data import input_pipeline
 from configs import cub
 
 flags.DEFINE_string('data_dir', os.path.join(tempfile.gettempdir(),

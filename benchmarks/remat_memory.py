@@ -1,20 +1,16 @@
 """Activations CLAN keeps for the backward pass, per dtype and config.model.remat.
 
-  python benchmarks/remat_memory.py --size=448 --batch=32
+  python -m benchmarks.remat_memory --size=448 --batch=32
 
 Counts the residuals of `jax.vjp` of the loss (benchmarks/timing.py,
 `saved_activation_bytes`): shapes only, nothing is computed, so it takes
 seconds on any machine and shows what rematerialisation removes before XLA
 schedules the step.
 """
-import os
-import sys
-
 from absl import app, flags
 import jax
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from benchmarks.timing import saved_activation_bytes  # pylint: disable=g-import-not-at-top
+from benchmarks.timing import saved_activation_bytes
 from clan_jax import models
 from clan_jax.models import remat
 from configs import base

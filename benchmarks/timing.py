@@ -16,6 +16,8 @@ from clan_jax import sharding
 from clan_jax.training import diagnostics, setup
 from configs import default
 
+CUDNN_ATTENTION_CALL = '__cudnn$fmha'  # the custom call's target, in the compiled HLO
+
 
 @dataclasses.dataclass
 class StepTiming:
@@ -28,6 +30,7 @@ class StepTiming:
   flops: float  # XLA's cost analysis of one step, per device
   peak_kind: str
   peak_bytes: int
+  cudnn_attention: bool  # whether the compiled step calls cuDNN's fused attention
   diagnostics_s: float  # `diagnostics.compute` alone, compiled on its own (an upper bound)
   merge_s: float  # the loop's eager merge of one step's metrics into the running ones
 
@@ -136,5 +139,6 @@ def time_train_step(model_config: ml_collections.ConfigDict, *, image_size: int,
       saved_bytes=saved_activation_bytes(run.model, image_size, batch_size),
       flops=_flops(compiled),
       peak_kind=peak_kind, peak_bytes=peak_bytes,
+      cudnn_attention=CUDNN_ATTENTION_CALL in compiled.as_text(),
       diagnostics_s=diagnostics_seconds(state, batch['image']),
       merge_s=_mean_time(lambda: running.merge(metrics), num_steps))

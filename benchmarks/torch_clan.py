@@ -5,9 +5,11 @@ replaced by an identity, as CLAN has its own heads); CLCA, CLSA and the four
 heads follow clan_jax/models/clca.py, clsa.py and clan.py with the spec's
 default choices (softmax over keys without 1/sqrt(d), bilinear Up, W_g before
 Up, avg-pooled CLSA map, concatenated refined map). The attention is
-`F.scaled_dot_product_attention`, which picks PyTorch's flash or
-memory-efficient kernel on a GPU where the shapes allow. Not numerically tied
-to the JAX model (no weight conversion): it is the same computation, timed.
+`F.scaled_dot_product_attention` on [B, heads=1, N, C] tensors: the 4-D form
+is the one for which PyTorch picks its flash or memory-efficient kernel on a
+GPU (a 3-D [B, N, C] input takes the math path, which builds the [N, N]
+matrix). With the same weights it computes the JAX CLAN's function
+(tests/test_torch_clan.py loads one into the other and compares the logits).
 """
 import torch
 import torch.nn.functional as F
@@ -37,11 +39,11 @@ class CLCA(nn.Module):
     b, _, h, w = mid.shape
     g = F.interpolate(self.w_g(top), size=(h, w), mode='bilinear', align_corners=False)
     f = g + self.w_l(mid)
-    positions = lambda x: x.flatten(2).transpose(1, 2)  # [B, C, H, W] -> [B, N, C]
+    # [B, C, H, W] -> [B, 1, N, C]; on a channels-last map, a view.
+    heads = lambda x: x.flatten(2).transpose(1, 2).unsqueeze(1)
     y = F.scaled_dot_product_attention(
-        positions(self.w_theta(f)), positions(self.w_phi(f)), positions(self.w_k(mid)),
-        scale=1.0)
-    y = y.transpose(1, 2).reshape(b, -1, h, w)
+        heads(self.w_theta(f)), heads(self.w_phi(f)), heads(self.w_k(mid)), scale=1.0)
+    y = y.squeeze(1).transpose(1, 2).reshape(b, -1, h, w)
     return mid + self.bn_y(self.w_y(y))
 
 

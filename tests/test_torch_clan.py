@@ -1,16 +1,81 @@
-"""The PyTorch CLAN of the benchmarks has the JAX CLAN's layers; the scaling benchmark runs."""
+"""The PyTorch CLAN of the benchmarks computes the JAX CLAN's function; the scaling benchmark runs."""
+import dataclasses
 import os
 import subprocess
 import sys
 
+from flax import traverse_util
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 import torch
 
 from benchmarks import torch_clan
 from clan_jax import models
+from clan_jax.models import backbones, resnet, torchvision_weights
 from configs import base
+from tests import torch_resnet
+
+
+def _clan_module_path(modules: list[str]) -> list[str]:
+  """Torch CLAN's module path -> the JAX CLAN's: 'clca.layer2.w_g' -> clca_layer2/w_g."""
+  group, *rest = modules
+  if group == 'backbone':
+    return [group, *resnet.torchvision_module_path(rest)]
+  if group == 'heads':
+    return [f'head_{rest[0]}', 'fc']
+  return [f'{group}_{rest[0]}', *rest[1:]]
+
+
+def _jax_variables(torch_model: torch.nn.Module, expected: dict) -> dict:
+  """The torch CLAN's weights and BatchNorm statistics as the JAX CLAN's variables.
+
+  The backbone's renames and every layout change are the weight converter's.
+  """
+  layout = dataclasses.replace(backbones.RESNET_LAYOUT, module_path=_clan_module_path)
+  arrays = {}
+  for key, value in torch_model.state_dict().items():
+    if not key.endswith('num_batches_tracked'):
+      flax_key = torchvision_weights._flax_key(key, value.dim(), layout)  # pylint: disable=protected-access
+      arrays[flax_key] = torchvision_weights._to_flax_layout(  # pylint: disable=protected-access
+          flax_key, value.numpy(), layout)
+  torchvision_weights.check_arrays(arrays, traverse_util.flatten_dict(expected, sep='/'),
+                                   'the torch CLAN', 'the JAX CLAN')
+  return traverse_util.unflatten_dict(arrays, sep='/')
+
+
+@pytest.mark.parametrize('train', [False, True])
+def test_torch_clan_and_jax_clan_compute_the_same_function(train):
+  """The same weights (random, BatchNorm statistics too) in, the same branch logits out."""
+  config = base.get_model_config()
+  config.backbone, config.backbone_width = 'resnet50', 8
+  model = models.create_model(config, num_classes=7)
+  images = np.random.default_rng(0).normal(size=(2, 64, 64, 3)).astype(np.float32)
+  torch.manual_seed(0)
+  torch_model = torch_clan.CLAN(num_classes=7, backbone='resnet50', width=8)
+  # Random statistics and scales everywhere: CLCA's zero-initialised BatchNorm
+  # would otherwise make the block the identity and hide its attention.
+  torch_resnet.randomize_batch_norm(torch_model, seed=1)
+  # PyTorch's default init gives logits q.k of std ~0.1 here, a near-uniform
+  # softmax that would hide a wrong scale or a transposed affinity: sharpen it.
+  with torch.no_grad():
+    for clca in torch_model.clca.values():
+      clca.w_theta.weight.mul_(10.0)
+      clca.w_phi.weight.mul_(10.0)
+  expected = jax.eval_shape(lambda x: model.init(jax.random.key(0), x, train=False), images)
+  variables = _jax_variables(torch_model, expected)
+
+  torch_model.train(train)
+  with torch.no_grad():
+    torch_logits = torch_model(torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(
+        memory_format=torch.channels_last))
+  with jax.default_matmul_precision('highest'):
+    outputs = model.apply(variables, images, train=train, mutable=['batch_stats'])[0]
+  assert outputs['branches'].keys() == torch_logits.keys()
+  for branch, logits in outputs['branches'].items():
+    np.testing.assert_allclose(logits, torch_logits[branch].numpy(), atol=1e-4, rtol=1e-4,
+                               err_msg=branch)
 
 
 def test_torch_clan_has_the_parameter_shapes_of_the_jax_clan():
@@ -36,17 +101,22 @@ def test_torch_clan_has_the_parameter_shapes_of_the_jax_clan():
   assert np.isfinite(loss.item())
 
 
-def test_scaling_benchmark_prints_jax_and_pytorch_side_by_side():
-  """benchmarks/scaling.py as the README and BENCHMARKS.md show it, on a tiny CLAN."""
+def test_scaling_benchmark_prints_jax_and_pytorch_rows_as_they_finish():
+  """python -m benchmarks.scaling as the README and BENCHMARKS.md show it, on a tiny CLAN."""
   repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  # torch.compile's 'eager' backend: its tracing without minutes of code generation.
   result = subprocess.run(
-      [sys.executable, 'benchmarks/scaling.py', '--size=32', '--batch=2', '--width=4',
+      [sys.executable, '-m', 'benchmarks.scaling', '--size=32', '--batch=2', '--width=4',
        '--backbone=resnet18', '--steps=1', '--warmup=0', '--num_classes=3',
-       '--dtypes=bfloat16', '--remat=none,all', '--jax_platforms=cpu'],
-      cwd=repo, capture_output=True, text=True, timeout=1800)
+       '--dtypes=bfloat16', '--remat=none,all', '--torch_compile_backend=eager',
+       '--jax_platforms=cpu'],
+      cwd=repo, capture_output=True, text=True, timeout=600)
   assert result.returncode == 0, result.stderr[-3000:]
-  table = result.stdout.split('JAX/torch')[-1].strip().splitlines()
-  assert [row.split()[0] for row in table] == ['bf16', 'bf16'], table
-  assert 'remat=all' in table[1], table
-  assert all(row.rstrip().endswith('x') for row in table), table
+  table = result.stdout.split('attention\n')[-1].strip().splitlines()
+  assert [line[:22].strip() for line in table[:4]] == [
+      'JAX bf16', 'JAX bf16 remat=all', 'torch bf16 eager', 'torch bf16 compiled'], table
+  for line in table[:2]:
+    assert line.endswith('layer2 blockwise, layer3 blockwise'), line  # CPU: no cuDNN
+  for line in table[2:4]:
+    assert line.split()[-2].endswith('x'), line  # JAX's throughput over this row's
   assert 'no known peak' in result.stdout  # CPU: no MFU without --peak_tflops
