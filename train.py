@@ -21,6 +21,7 @@ import jax
 from clan_jax import user_errors
 from clan_jax.experiments import source_pretraining
 from clan_jax.training import trainer
+from clan_jax.workdir import lock
 
 FLAGS = flags.FLAGS
 user_errors.define_config_file(
@@ -66,6 +67,7 @@ def main(argv):
   _initialize_distributed()
   logging.info('JAX %s, process %d/%d, devices: %s', jax.__version__,
                jax.process_index(), jax.process_count(), jax.devices())
+  lock.check_workdir(FLAGS.workdir)  # before any pretraining
   config = source_pretraining.apply(user_errors.config_flag())
   results = trainer.train_and_evaluate(config, FLAGS.workdir)
   if 'stopped' in results:

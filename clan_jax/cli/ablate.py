@@ -28,6 +28,7 @@ from absl import app, flags
 
 from clan_jax import user_errors
 from clan_jax.experiments import ablation
+from clan_jax.workdir import lock
 
 user_errors.define_config_file(
     'config', 'configs/default.py', 'Base config; every variant overrides only '
@@ -69,6 +70,7 @@ def main(argv: Sequence[str]) -> None:
     raise app.UsageError(f'--variants has {unknown}; allowed: {list(ablation.VARIANTS)}.')
   if FLAGS.jobs < 1:
     raise app.UsageError(f'--jobs={FLAGS.jobs} must be at least 1.')
+  lock.check_workdir(FLAGS.workdir)
   rates = [float(r) for r in FLAGS.learning_rates] or [FLAGS.config.optim.learning_rate]
   table, runs = ablation.run_study(
       FLAGS.config, FLAGS.workdir, variants=FLAGS.variants, seeds=_seeds(),

@@ -68,12 +68,24 @@ def _read(path: str) -> dict | None:
     return {}  # unreadable: half written by a run killed at that moment
 
 
+def check_workdir(workdir: str) -> None:
+  """Raises a UserError if `workdir` cannot be a directory: a file is in its way."""
+  path = workdir
+  while path and not os.path.exists(path):
+    path = os.path.dirname(path.rstrip(os.sep))
+  if path and not os.path.isdir(path):
+    raise UserError(f'--workdir={workdir}: {path} is a file, not a directory; name a '
+                    'directory (a new one, or a train.py workdir to resume).')
+
+
 def acquire(workdir: str) -> str:
   """Makes this process the owner of `workdir`; returns the owner file's path.
 
   Raises:
-    UserError: a live run (or one on another host) owns the workdir.
+    UserError: a live run (or one on another host) owns the workdir, or a
+      file stands where it should be.
   """
+  check_workdir(workdir)
   os.makedirs(workdir, exist_ok=True)
   path = os.path.join(workdir, LOCK_FILE)
   me = _owner()
