@@ -1,4 +1,5 @@
 """The loss, optimizer, sharded train and eval steps, checkpoints and the training loop."""
+import glob
 import os
 import subprocess
 import sys
@@ -8,8 +9,11 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from tensorboard.plugins.hparams import plugin_data_pb2
+import tensorflow as tf
 
 from clan_jax import models, sharding
+from clan_jax.experiments import ablation_report
 from clan_jax.workdir import checkpointing, trained_model
 from clan_jax.data import input_pipeline
 from clan_jax.training import losses, optimizer, setup, steps, trainer
@@ -200,14 +204,37 @@ def test_bad_config_fields_are_named_before_training(data_dir, tmp_path):
 
 
 def test_validation_split_reports_the_best_step(data_dir, tmp_path):
-  config = _config(data_dir, data=dict(validation_percent=25), num_train_steps=4,
-                   eval_every_epochs=1.0)
+  config = _config(data_dir, data=dict(validation_percent=25), num_train_steps=6,
+                   eval_every_epochs=1 / 3)
   results = trainer.train_and_evaluate(config, str(tmp_path))
-  # 24 of the 32 training images remain: 3 steps an epoch, evaluations at 3 and 4.
-  assert results['best_validation_step'] in (3, 4)
-  assert 0.0 <= results['best_validation_top1_combined'] <= 1.0
-  assert 0.0 <= results['test_top1_combined_at_best_validation'] <= 1.0
+  # 24 of the 32 training images remain: 3 steps an epoch, an evaluation every step.
+  history = ablation_report.read_history(str(tmp_path))
+  validation = history['validation/top1_combined']
+  assert sorted(validation) == [1, 2, 3, 4, 5, 6]
+  best = min(s for s in validation if validation[s] == max(validation.values()))
+  assert results['best_validation_step'] == best
+  assert results['best_validation_top1_combined'] == pytest.approx(validation[best])
+  assert results['test_top1_combined_at_best_validation'] == pytest.approx(
+      history['eval/top1_combined'][best])
   assert results['num_examples'] == 16
+
+
+def test_tensorboard_hparams_hold_the_whole_grouped_config(data_dir, tmp_path):
+  config = _config(data_dir, num_train_steps=1)
+  trainer.train_and_evaluate(config, str(tmp_path))
+  hparams = {}
+  for path in glob.glob(str(tmp_path / 'events.out.tfevents.*')):
+    for event in tf.compat.v1.train.summary_iterator(path):
+      for value in event.summary.value:
+        if value.metadata.plugin_data.plugin_name == 'hparams':
+          data = plugin_data_pb2.HParamsPluginData.FromString(
+              value.metadata.plugin_data.content)
+          hparams.update({k: v for k, v in data.session_start_info.hparams.items()})
+  assert hparams['optim.learning_rate'].number_value == config.optim.learning_rate
+  assert hparams['data.batch_size'].number_value == config.data.batch_size
+  assert hparams['model.backbone'].string_value == config.model.backbone
+  assert hparams['model.mid_level_taps'].string_value == str(config.model.mid_level_taps)
+  assert set(hparams) == set(trainer.hparams(config))
 
 
 def test_train_py_trains_then_resumes(data_dir, tmp_path):

@@ -5,6 +5,7 @@ from typing import Any
 
 from absl import logging
 from clu import metric_writers, periodic_actions
+from flax import traverse_util
 import jax
 from jax.experimental import multihost_utils
 import ml_collections
@@ -39,6 +40,12 @@ def _total_steps(config: ml_collections.ConfigDict, steps_per_epoch: int) -> int
 
 def _format(results: dict[str, Any], keys: list[str]) -> str:
   return ', '.join(f'{k}={results[k]:.4f}' for k in keys)
+
+
+def hparams(config: ml_collections.ConfigDict) -> dict[str, int | float | str | bool]:
+  """Every field of `config` by its dotted name, as TensorBoard's hparams take them."""
+  flat = traverse_util.flatten_dict(config.to_dict(), sep='.')
+  return {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in flat.items()}
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
@@ -123,8 +130,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
 
   writer = metric_writers.create_default_writer(
       workdir, just_logging=jax.process_index() > 0)
-  writer.write_hparams({k: v for k, v in config.items()
-                        if isinstance(v, (int, float, str, bool))})
+  writer.write_hparams(hparams(config))
   logging.info('%s: %d classes, %d steps of %d images (%d per epoch), branches %s, '
                '%d devices.', config.data.dataset, num_classes, total_steps,
                config.data.batch_size, steps_per_epoch, list(branches), mesh.size)
