@@ -92,8 +92,8 @@ def get_data_config(dataset: str) -> ml_collections.ConfigDict:
   d.synthetic.test_per_class = 20
   d.synthetic.image_size = 144
   d.synthetic.seed = 0
-  # The source species (clan_jax/data/synthetic.py): the pretraining task of
-  # config.init.source_pretraining, disjoint from the others.
+  # The source task (clan_jax/data/synthetic.py): the pretraining task of
+  # config.init.source_pretraining, disjoint from the species.
   d.synthetic.source = False
   d.resize_size = 512  # shorter side before the crop
   d.image_size = 448  # crop fed to the model
@@ -124,13 +124,13 @@ def get_config(dataset: str = 'cub_200_2011') -> ml_collections.ConfigDict:
   # (fine-tuning a trained CLAN; same model config and number of classes).
   config.init.checkpoint = ml_collections.FieldReference(None, field_type=str)
   # The paper's regime in miniature, for the synthetic dataset: pretrain the
-  # plain backbone on 32 other synthetic species, once (cached under the data
-  # directory), then fine-tune from it through backbone_weights
+  # plain backbone on a coarser synthetic task of other species, once (cached
+  # under the data directory), then fine-tune from it through backbone_weights
   # (clan_jax/experiments/source_pretraining.py). The rest of the pretraining
   # run (backbone, sizes, optimizer) is this config's.
   config.init.source_pretraining = ml_collections.ConfigDict()
   config.init.source_pretraining.enabled = False
-  config.init.source_pretraining.train_per_class = 60  # source images per species
+  config.init.source_pretraining.train_per_class = 250  # images per source class (8 classes)
   config.init.source_pretraining.num_train_steps = 600
   config.init.source_pretraining.learning_rate = 0.1
   config.init.source_pretraining.warmup_epochs = 1.0

@@ -105,11 +105,16 @@ def test_synthetic_sizes_are_checked(tmp_path):
               for label in range(synthetic.MAX_CLASSES)}) == 32
 
 
-def test_source_species_are_disjoint_and_drawn_apart(tmp_path):
+def test_source_task_is_coarse_disjoint_and_drawn_apart(tmp_path):
+  rng = np.random.default_rng(0)
   demo = {synthetic.species(label) for label in range(synthetic.MAX_CLASSES)}
-  source = {synthetic.species(label, source=True) for label in range(synthetic.MAX_CLASSES)}
-  assert len(source) == synthetic.MAX_CLASSES and not demo & source
+  source = [synthetic.source_details(label, rng) for label in range(synthetic.SOURCE_CLASSES)
+            for _ in range(20)]
   assert not {s.wing for s in demo} & {s.wing for s in source}
+  # The label fixes wing and beak; eye and tail vary within a class.
+  assert len({(s.wing, s.beak) for s in source}) == synthetic.SOURCE_CLASSES == 8
+  assert {s.eye for s in source[:20]} == {'plain', 'ringed'}
+  assert {s.tail for s in source[:20]} == {'plain', 'barred'}
   sizes = dict(num_classes=2, train_per_class=2, test_per_class=1, image_size=32, seed=0)
   builders = [synthetic.synthetic_builder(str(tmp_path), **sizes, source=flag)
               for flag in (False, True)]
@@ -121,6 +126,8 @@ def test_source_species_are_disjoint_and_drawn_apart(tmp_path):
   for key in demo_images:
     a, b = (tf.io.decode_png(images[key][0]).numpy() for images in (demo_images, source_images))
     assert not (a == b).all(axis=(1, 2)).any()
+  with pytest.raises(ValueError, match=r'num_classes=9 must be in \[2, 8\]'):
+    synthetic.synthetic_builder(str(tmp_path), **{**sizes, 'num_classes': 9}, source=True)
 
 
 def test_train_batches(config, builder):

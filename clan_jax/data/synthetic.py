@@ -15,10 +15,12 @@ A label is a mixed-radix number of details, `wing` varying fastest (see
 `species`): up to 32 classes, and the 10 classes of the default config differ
 in wing colour, eye ring and, for two of them, tail bars.
 
-`source=True` draws 32 other species, whose wing patches take four other
-colours (green, orange, purple, black): a pretraining task whose species are
-disjoint from the others', as ImageNet's are from a fine-grained dataset's
-(`clan_jax/experiments/source_pretraining.py`).
+`source=True` draws a coarser pretraining task instead, disjoint from the
+species above (`clan_jax/experiments/source_pretraining.py`): 8 classes, wing
+patches in four other colours (green, orange, purple, black) times beak
+length, with eye and tail drawn at random in every image. Its labels never
+teach the eye ring or the tail bars, as ImageNet's coarse classes teach
+general features but not a fine-grained dataset's distinctions.
 
 Images are a pure function of (seed, split, example index): the same
 parameters give byte-identical examples, whatever the generation order.
@@ -64,14 +66,15 @@ _WING_RGB = {
     'blue': (0.15, 0.35, 0.95),
     'white': (0.97, 0.97, 0.97),
 }
-# The source species' wing colours, none of them one of the above.
-_SOURCE_STREAM = 1  # seeds the source species' images apart from the others'
+# The source task's wing colours, none of them one of the above.
+_SOURCE_STREAM = 1  # seeds the source task's images apart from the others'
 _SOURCE_WING_RGB = {
     'green': (0.15, 0.70, 0.20),
     'orange': (0.95, 0.50, 0.10),
     'purple': (0.55, 0.15, 0.75),
     'black': (0.05, 0.05, 0.05),
 }
+SOURCE_CLASSES = len(_SOURCE_WING_RGB) * len(_CHOICES.beak)
 # Beak length beyond the head, in body lengths (the body's semi-major axis).
 _BEAK_LENGTH = {'short': 0.2, 'long': 0.9}
 # Centre and half extent of the bird's bounding box (rotations included), in
@@ -82,18 +85,22 @@ _HALF_WIDTH, _HALF_HEIGHT = 2.0, 1.5
 _CROP_MARGIN = 0.11
 
 
-def species(label: int, source: bool = False) -> Species:
-  """Decodes a label into its details, the first detail varying fastest.
-
-  `source`: the source species, whose wing colours are `_SOURCE_WING_RGB`'s.
-  """
-  choices_of = _CHOICES._replace(wing=tuple(_SOURCE_WING_RGB)) if source else _CHOICES
+def species(label: int) -> Species:
+  """Decodes a label into its details, the first detail varying fastest."""
   details = []
-  for choices in choices_of:
+  for choices in _CHOICES:
     label, digit = divmod(label, len(choices))
     details.append(choices[digit])
   return Species(*details)
 
+
+
+def source_details(label: int, rng: np.random.Generator) -> Species:
+  """The details of a source image of class `label`: wing (varying fastest) and beak
+  from the label, eye and tail drawn from `rng`."""
+  beak, wing = divmod(label, len(_SOURCE_WING_RGB))
+  return Species(wing=tuple(_SOURCE_WING_RGB)[wing], eye=str(rng.choice(_CHOICES.eye)),
+                 tail=str(rng.choice(_CHOICES.tail)), beak=_CHOICES.beak[beak])
 
 def class_name(label: int) -> str:
   return f'species_{label:02d}'
@@ -112,14 +119,15 @@ class SyntheticConfig(tfds.core.BuilderConfig):
   test_per_class: int = 20
   image_size: int = 72
   seed: int = 0
-  source: bool = False  # the source species (see the module's docstring)
+  source: bool = False  # the source task (see the module's docstring)
 
   def __post_init__(self):
-    if not 2 <= self.num_classes <= MAX_CLASSES:
+    most = SOURCE_CLASSES if self.source else MAX_CLASSES
+    if not 2 <= self.num_classes <= most:
       raise UserError(
           f'config.synthetic.num_classes={self.num_classes} must be in '
-          f'[2, {MAX_CLASSES}]: the synthetic dataset has {MAX_CLASSES} '
-          'species.')
+          f'[2, {most}]: the synthetic dataset has {most} '
+          f'{"source classes" if self.source else "species"}.')
     for field in ('train_per_class', 'test_per_class'):
       if getattr(self, field) < 1:
         raise UserError(f'config.synthetic.{field}={getattr(self, field)} '
@@ -146,10 +154,17 @@ class ClanSynthetic(tfds.core.GeneratorBasedBuilder):
     config = self.builder_config
     size = config.image_size
     names = [class_name(label) for label in range(config.num_classes)]
-    legend = '\n'.join(
-        f'{name}: ' + ', '.join(f'{value} {detail}' for detail, value in
-                                species(label, config.source)._asdict().items())
-        for label, name in enumerate(names))
+    if config.source:
+      rng = np.random.default_rng(0)  # eye and tail: any, drawn per image
+      legend = '\n'.join(
+          f'{name}: {source_details(label, rng).wing} wing, '
+          f'{source_details(label, rng).beak} beak, any eye and tail'
+          for label, name in enumerate(names))
+    else:
+      legend = '\n'.join(
+          f'{name}: ' + ', '.join(f'{value} {detail}' for detail, value in
+                                  species(label)._asdict().items())
+          for label, name in enumerate(names))
     return tfds.core.DatasetInfo(
         builder=self,
         description=f'{self.__doc__}\n\n{legend}',
@@ -176,12 +191,13 @@ class ClanSynthetic(tfds.core.GeneratorBasedBuilder):
     split_seed = int.from_bytes(split.encode(), 'little')
     for index in range(config.num_classes * per_class):
       label = index % config.num_classes
-      # The source species draw other images too, not the same birds recoloured.
+      # The source task draws other images too, not the same birds recoloured.
       rng = np.random.default_rng(
           [config.seed, split_seed, index, *([_SOURCE_STREAM] if config.source else [])])
+      details = source_details(label, rng) if config.source else species(label)
       example_id = f'{split}_{index:05d}'
       yield example_id, {
-          'image': render_bird(species(label, config.source), rng, config.image_size),
+          'image': render_bird(details, rng, config.image_size),
           'label': label,
           'id': example_id,
       }
@@ -209,7 +225,7 @@ def synthetic_builder(
     test_per_class: test images per class.
     image_size: height and width of the square images, at least 32.
     seed: the same seed gives byte-identical images.
-    source: the source species, disjoint from the others.
+    source: the source task, disjoint from the species (see the module's docstring).
   """
   config = SyntheticConfig(
       num_classes=num_classes, train_per_class=train_per_class,

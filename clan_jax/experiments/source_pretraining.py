@@ -1,17 +1,17 @@
-"""The paper's regime in miniature: a backbone pretrained on other species, then fine-tuned.
+"""The paper's regime in miniature: a backbone pretrained on a coarser task, then fine-tuned.
 
 The paper fine-tunes an ImageNet backbone; the demo cannot download one, so it
 makes its own. `apply(config)` trains the plain backbone of `config.model` on
-the synthetic dataset's source species (`synthetic.py`, `source=True`: 32
-species whose wing colours the demo's species never have, drawn as other
-images), saves it as a backbone `.npz` under the data directory, and returns
+the synthetic dataset's source task (`synthetic.py`, `source=True`: 8 coarse
+classes, wing colours the demo's species never have times beak length, eye
+and tail at random, drawn as other images), saves it as a backbone `.npz` under the data directory, and returns
 `config` with `config.init.backbone_weights` pointing at it, exactly as a user
 points it at converted ImageNet weights. The file is made once per pretraining
 recipe and backbone and then reused: its directory is named by a hash of
 everything that determines its contents, and a run that is interrupted
 resumes from its checkpoint.
 
-`config.init.source_pretraining` holds the recipe: source images per species,
+`config.init.source_pretraining` holds the recipe: source images per class,
 steps, learning rate. Everything else (backbone, image sizes, batch size,
 optimizer) is the target config's.
 """
@@ -38,14 +38,14 @@ _BACKBONE = 'backbone'  # CLAN's name for its backbone
 
 
 def source_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-  """The pretraining run: the plain backbone of `config` on the source species."""
+  """The pretraining run: the plain backbone of `config` on the source task."""
   recipe = config.init.source_pretraining
   source = config.copy_and_resolve_references()
   source.init.source_pretraining.enabled = False
   source.init.backbone_weights = None
   source.init.checkpoint = None
   source.data.synthetic.source = True
-  source.data.synthetic.num_classes = synthetic.MAX_CLASSES
+  source.data.synthetic.num_classes = synthetic.SOURCE_CLASSES
   source.data.synthetic.train_per_class = recipe.train_per_class
   source.data.validation_percent = 0
   source.model.use_clca = False
@@ -109,12 +109,12 @@ def apply(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   path = os.path.join(directory, WEIGHTS_FILE)
   if not os.path.exists(path):
     source = source_config(config)
-    logging.info('Pretraining the %s backbone on %d source species (once; kept in %s).',
-                 source.model.backbone, synthetic.MAX_CLASSES, directory)
+    logging.info('Pretraining the %s backbone on the %d source classes (once; kept in %s).',
+                 source.model.backbone, synthetic.SOURCE_CLASSES, directory)
     workdir = os.path.join(directory, 'run')
     results = trainer.train_and_evaluate(source, workdir)
     if 'stopped' in results:
-      raise UserError(f'Pretraining on the source species was stopped: {results["stopped"]}')
+      raise UserError(f'Pretraining on the source task was stopped: {results["stopped"]}')
     logging.info('Source backbone: top-1 %.2f%% on the source test split.',
                  100 * results['top1_combined'])
     if jax.process_index() == 0:

@@ -206,7 +206,7 @@ def _check_init(config: ml_collections.ConfigDict) -> None:
   if (config.init.source_pretraining.enabled
       and config.data.dataset != synthetic.NAME):
     raise UserError(f'config.init.source_pretraining.enabled=True pretrains on the synthetic '
-                    f"source species: it needs config.data.dataset='{synthetic.NAME}', not "
+                    f"source task: it needs config.data.dataset='{synthetic.NAME}', not "
                     f'{config.data.dataset!r}.')
 
 
