@@ -1,8 +1,8 @@
-"""The PyTorch CLAN of the benchmarks computes the JAX CLAN's function; the scaling benchmark runs."""
+"""The PyTorch CLAN of the benchmarks computes the JAX CLAN's function.
+
+benchmarks.scaling, which times it, runs in tests/test_gpu_script.py.
+"""
 import dataclasses
-import os
-import subprocess
-import sys
 
 from flax import traverse_util
 import jax
@@ -99,24 +99,3 @@ def test_torch_clan_has_the_parameter_shapes_of_the_jax_clan():
   loss = torch_clan.clan_loss(branches, torch.tensor([0, 3]))
   loss.backward()
   assert np.isfinite(loss.item())
-
-
-def test_scaling_benchmark_prints_jax_and_pytorch_rows_as_they_finish():
-  """python -m benchmarks.scaling as the README and BENCHMARKS.md show it, on a tiny CLAN."""
-  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  # torch.compile's 'eager' backend: its tracing without minutes of code generation.
-  result = subprocess.run(
-      [sys.executable, '-m', 'benchmarks.scaling', '--size=32', '--batch=2', '--width=4',
-       '--backbone=resnet18', '--steps=1', '--warmup=0', '--num_classes=3',
-       '--dtypes=bfloat16', '--remat=none,all', '--torch_compile_backend=eager',
-       '--jax_platforms=cpu'],
-      cwd=repo, capture_output=True, text=True, timeout=600)
-  assert result.returncode == 0, result.stderr[-3000:]
-  table = result.stdout.split('attention\n')[-1].strip().splitlines()
-  assert [line[:22].strip() for line in table[:4]] == [
-      'JAX bf16', 'JAX bf16 remat=all', 'torch bf16 eager', 'torch bf16 compiled'], table
-  for line in table[:2]:
-    assert line.endswith('layer2 blockwise, layer3 blockwise'), line  # CPU: no cuDNN
-  for line in table[2:4]:
-    assert line.split()[-2].endswith('x'), line  # JAX's throughput over this row's
-  assert 'no known peak' in result.stdout  # CPU: no MFU without --peak_tflops
