@@ -35,6 +35,9 @@ ATTENTION_FLAGS=(
   --batch_size="${CLAN_BENCH_ATTENTION_BATCH:-8}"
 )
 
+# JAX and PyTorch share the GPU in one process: JAX must not take 75% of it up front.
+export XLA_PYTHON_CLIENT_PREALLOCATE=${XLA_PYTHON_CLIENT_PREALLOCATE:-false}
+
 shopt -s nullglob
 wheels=("$WHEELS"/*.whl)
 if ((${#wheels[@]})); then

@@ -28,7 +28,9 @@ GPUs on both sides (JAX's default precision; PyTorch is set to the same with
 there is no meaningful peak: MFU is printed only with --peak_tflops.
 
 Needs jax, flax, optax, orbax, torch, and clan_jax's plain-Python dependencies
-(ml_collections, clu); nothing here imports TensorFlow.
+(ml_collections, clu); nothing here imports TensorFlow. On a GPU, set
+XLA_PYTHON_CLIENT_PREALLOCATE=false (benchmarks/gpu.sh does), or JAX takes 75%
+of the device's memory before PyTorch's rows run.
 """
 import resource
 import time
