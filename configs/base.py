@@ -29,7 +29,9 @@ def get_model_config() -> ml_collections.ConfigDict:
   m.top_stage = ml_collections.FieldReference(None, field_type=str)
   # Backbone stages whose outputs are the mid-level maps L_s ("2-scale": layer2, layer3).
   m.mid_level_taps = ('layer2', 'layer3')
-  # Ablation switches: both off = plain backbone with one classifier on L_N.
+  # Ablation switches: the mid-level block (mid_block, CLCA by default) and the
+  # top-level block (top_block, CLSA by default) on or off; both off = plain
+  # backbone with one classifier on L_N.
   m.use_clca = True
   m.use_clsa = True
   # The mid- and top-level blocks, names in clan_jax/models/blocks.py; each
@@ -63,7 +65,7 @@ def get_model_config() -> ml_collections.ConfigDict:
   # logits and the loss stay float32.
   m.dtype = 'float32'
   # Recompute activations in the backward pass to save memory:
-  # none | stages (each ResNet stage) | clca (each CLCA block) | all.
+  # none | stages (each ResNet stage) | mid_blocks (each mid-level block, e.g. CLCA) | all.
   m.remat = 'none'
   # What a rematerialised module still saves (jax.checkpoint_policies): nothing_saveable |
   # dots_saveable | dots_with_no_batch_dims_saveable | everything_saveable.
@@ -130,7 +132,7 @@ def get_config(dataset: str = 'cub_200_2011') -> ml_collections.ConfigDict:
   # run (backbone, sizes, optimizer) is this config's.
   config.init.source_pretraining = ml_collections.ConfigDict()
   config.init.source_pretraining.enabled = False
-  config.init.source_pretraining.train_per_class = 250  # images per source class (8 classes)
+  config.init.source_pretraining.train_per_class = 120  # images per source class (16 classes)
   config.init.source_pretraining.num_train_steps = 600
   config.init.source_pretraining.learning_rate = 0.1
   config.init.source_pretraining.warmup_epochs = 1.0

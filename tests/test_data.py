@@ -111,9 +111,9 @@ def test_source_task_is_coarse_disjoint_and_drawn_apart(tmp_path):
   source = [synthetic.source_details(label, rng) for label in range(synthetic.SOURCE_CLASSES)
             for _ in range(20)]
   assert not {s.wing for s in demo} & {s.wing for s in source}
-  # The label fixes wing and beak; eye and tail vary within a class.
-  assert len({(s.wing, s.beak) for s in source}) == synthetic.SOURCE_CLASSES == 8
-  assert {s.eye for s in source[:20]} == {'plain', 'ringed'}
+  # The label fixes wing, eye and beak; the tail varies within a class.
+  assert len({(s.wing, s.eye, s.beak) for s in source}) == synthetic.SOURCE_CLASSES == 16
+  assert len({(s.wing, s.eye, s.beak) for s in source[:20]}) == 1
   assert {s.tail for s in source[:20]} == {'plain', 'barred'}
   sizes = dict(num_classes=2, train_per_class=2, test_per_class=1, image_size=32, seed=0)
   builders = [synthetic.synthetic_builder(str(tmp_path), **sizes, source=flag)
@@ -126,8 +126,8 @@ def test_source_task_is_coarse_disjoint_and_drawn_apart(tmp_path):
   for key in demo_images:
     a, b = (tf.io.decode_png(images[key][0]).numpy() for images in (demo_images, source_images))
     assert not (a == b).all(axis=(1, 2)).any()
-  with pytest.raises(ValueError, match=r'num_classes=9 must be in \[2, 8\]'):
-    synthetic.synthetic_builder(str(tmp_path), **{**sizes, 'num_classes': 9}, source=True)
+  with pytest.raises(ValueError, match=r'num_classes=17 must be in \[2, 16\]'):
+    synthetic.synthetic_builder(str(tmp_path), **{**sizes, 'num_classes': 17}, source=True)
 
 
 def test_train_batches(config, builder):

@@ -16,11 +16,12 @@ A label is a mixed-radix number of details, `wing` varying fastest (see
 in wing colour, eye ring and, for two of them, tail bars.
 
 `source=True` draws a coarser pretraining task instead, disjoint from the
-species above (`clan_jax/experiments/source_pretraining.py`): 8 classes, wing
-patches in four other colours (green, orange, purple, black) times beak
-length, with eye and tail drawn at random in every image. Its labels never
-teach the eye ring or the tail bars, as ImageNet's coarse classes teach
-general features but not a fine-grained dataset's distinctions.
+species above (`clan_jax/experiments/source_pretraining.py`): 16 classes, wing
+patches in four other colours (green, orange, purple, black) times eye times
+beak, with the tail drawn at random in every image. Its labels never teach
+the tail bars, so fine-tuning must learn a new local detail, as a
+fine-grained dataset's species differ in parts that ImageNet's classes never
+named.
 
 Images are a pure function of (seed, split, example index): the same
 parameters give byte-identical examples, whatever the generation order.
@@ -74,7 +75,7 @@ _SOURCE_WING_RGB = {
     'purple': (0.55, 0.15, 0.75),
     'black': (0.05, 0.05, 0.05),
 }
-SOURCE_CLASSES = len(_SOURCE_WING_RGB) * len(_CHOICES.beak)
+SOURCE_CLASSES = len(_SOURCE_WING_RGB) * len(_CHOICES.eye) * len(_CHOICES.beak)
 # Beak length beyond the head, in body lengths (the body's semi-major axis).
 _BEAK_LENGTH = {'short': 0.2, 'long': 0.9}
 # Centre and half extent of the bird's bounding box (rotations included), in
@@ -96,10 +97,11 @@ def species(label: int) -> Species:
 
 
 def source_details(label: int, rng: np.random.Generator) -> Species:
-  """The details of a source image of class `label`: wing (varying fastest) and beak
-  from the label, eye and tail drawn from `rng`."""
-  beak, wing = divmod(label, len(_SOURCE_WING_RGB))
-  return Species(wing=tuple(_SOURCE_WING_RGB)[wing], eye=str(rng.choice(_CHOICES.eye)),
+  """The details of a source image of class `label`: wing (varying fastest), eye and
+  beak from the label, the tail drawn from `rng`."""
+  label, wing = divmod(label, len(_SOURCE_WING_RGB))
+  beak, eye = divmod(label, len(_CHOICES.eye))
+  return Species(wing=tuple(_SOURCE_WING_RGB)[wing], eye=_CHOICES.eye[eye],
                  tail=str(rng.choice(_CHOICES.tail)), beak=_CHOICES.beak[beak])
 
 def class_name(label: int) -> str:
@@ -155,10 +157,11 @@ class ClanSynthetic(tfds.core.GeneratorBasedBuilder):
     size = config.image_size
     names = [class_name(label) for label in range(config.num_classes)]
     if config.source:
-      rng = np.random.default_rng(0)  # eye and tail: any, drawn per image
+      rng = np.random.default_rng(0)  # the tail: any, drawn per image
       legend = '\n'.join(
-          f'{name}: {source_details(label, rng).wing} wing, '
-          f'{source_details(label, rng).beak} beak, any eye and tail'
+          f'{name}: ' + ', '.join(f'{value} {detail}' for detail, value in
+                                  source_details(label, rng)._asdict().items()
+                                  if detail != 'tail') + ', any tail'
           for label, name in enumerate(names))
     else:
       legend = '\n'.join(

@@ -2,9 +2,9 @@
 
 The paper fine-tunes an ImageNet backbone; the demo cannot download one, so it
 makes its own. `apply(config)` trains the plain backbone of `config.model` on
-the synthetic dataset's source task (`synthetic.py`, `source=True`: 8 coarse
-classes, wing colours the demo's species never have times beak length, eye
-and tail at random, drawn as other images), saves it as a backbone `.npz` under the data directory, and returns
+the synthetic dataset's source task (`synthetic.py`, `source=True`: 16
+coarse classes, wing colours the demo's species never have times eye times
+beak, the tail at random, drawn as other images), saves it as a backbone `.npz` under the data directory, and returns
 `config` with `config.init.backbone_weights` pointing at it, exactly as a user
 points it at converted ImageNet weights. The file is made once per pretraining
 recipe and backbone and then reused: its directory is named by a hash of
