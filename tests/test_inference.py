@@ -11,9 +11,8 @@ import numpy as np
 from PIL import Image
 import pytest
 
-from clan_jax import models
 from clan_jax.inference import attention_maps, predict
-from clan_jax.workdir import trained_model
+from clan_jax.workdir import compatibility, trained_model
 from clan_jax.data import input_pipeline, synthetic
 from clan_jax.inference.evaluate import evaluate
 from clan_jax.models.attention import spatial_attention
@@ -132,22 +131,23 @@ def test_a_changed_optimizer_config_still_loads_and_evaluates(trained, tmp_path,
 
 
 def test_a_workdir_from_before_the_registries_still_loads_and_resumes(trained, tmp_path):
-  """config.json without the model fields added since (ADDED_FIELD_DEFAULTS), and
-  flat, as before the fields were grouped (trained_model.FLAT_FIELDS)."""
+  """config.json without the model fields added since
+  (compatibility.added_model_fields), and flat, as before the fields were
+  grouped (compatibility.FLAT_FIELDS)."""
   workdir, _ = trained
   copy = str(tmp_path / 'workdir')
   shutil.copytree(workdir, copy)
   with open(os.path.join(copy, trained_model.CONFIG_FILE)) as f:
     config = json.load(f)
   # A field whose value here is its old default is what an older config lacks.
-  for field, default in models.ADDED_FIELD_DEFAULTS.items():
+  for field, default in compatibility.added_model_fields().items():
     *groups, name = field.split('.')
     parent = config['model']
     for group in groups:
       parent = parent[group]
     if parent[name] == default:
       del parent[name]
-  for old, new in trained_model.FLAT_FIELDS.items():
+  for old, new in compatibility.FLAT_FIELDS.items():
     group, name = new.split('.')
     config[old] = config[group].pop(name)
   for group in ('data', 'loss', 'optim', 'checkpoint'):
@@ -246,7 +246,7 @@ def test_attention_maps_are_the_models(trained, tmp_path):
   query = (box[0] + 0.2, box[3] - 0.2)  # bottom-left corner of the crop
   (maps,) = attention_maps.compute(model, [image], [query])
   np.testing.assert_allclose(maps.crop_box, box)
-  assert maps.query_cells == {'layer2': (3, 0), 'layer3': (1, 0)}
+  assert maps.query_cells == {'clca': {'layer2': (3, 0), 'layer3': (1, 0)}}
 
   # Independently: the outputs of the modules that produce the maps.
   inputs = np.asarray(input_pipeline.preprocess_for_eval(image, config))[None]
@@ -257,16 +257,16 @@ def test_attention_maps_are_the_models(trained, tmp_path):
   captured = state['intermediates']
   for tap in ('layer2', 'layer3'):
     (logits,) = captured[f'clsa_{tap}']['bn']['__call__']
-    np.testing.assert_allclose(maps.clsa[tap], jax.nn.sigmoid(logits[0, ..., 0]), rtol=1e-6)
+    np.testing.assert_allclose(maps.blocks['clsa'][tap], jax.nn.sigmoid(logits[0, ..., 0]), rtol=1e-6)
     theta, phi, value = (captured[f'clca_{tap}'][n]['__call__'][0][0] for n in names[1:])
     height, width, depth = theta.shape
-    row, col = maps.query_cells[tap]
+    row, col = maps.query_cells['clca'][tap]
     expected = jax.nn.softmax(phi.reshape(-1, depth) @ theta[row, col])
-    np.testing.assert_allclose(maps.clca[tap].ravel(), expected, rtol=1e-4, atol=1e-7)
+    np.testing.assert_allclose(maps.blocks['clca'][tap].ravel(), expected, rtol=1e-4, atol=1e-7)
     # The row weights the values exactly as CLCA's own attention does.
     attended = spatial_attention(theta.reshape(1, -1, depth), phi.reshape(1, -1, depth),
                                  value.reshape(1, -1, depth))[0, row * width + col]
-    np.testing.assert_allclose(maps.clca[tap].ravel() @ value.reshape(-1, depth),
+    np.testing.assert_allclose(maps.blocks['clca'][tap].ravel() @ value.reshape(-1, depth),
                                attended, rtol=1e-4, atol=1e-5)
 
   paths = attention_maps.save(maps, str(tmp_path), 'bird')

@@ -12,6 +12,9 @@ import pytest
 
 from clan_jax import models
 from clan_jax.models import attention, backbones, blocks, vgg
+from clan_jax.models.block_spec import BlockSpec
+from clan_jax.models.clca import CLCA
+from clan_jax.models.clsa import CLSA
 from configs import base, vgg16
 
 # torchvision's parameter counts (weights and biases, BatchNorm running stats
@@ -131,7 +134,7 @@ def _clca_by_the_figure(params, stats, mid, top, normalization, eps=1e-5):
 @pytest.mark.parametrize('impl', ['auto', 'blockwise', 'reference'])
 def test_clca_equals_the_figure(normalization, impl):
   mid, top = _clca_inputs(jax.random.key(0))
-  clca = models.CLCA(normalization=normalization, attention_impl=impl)
+  clca = CLCA(normalization=normalization, attention_impl=impl)
   variables = _randomize(clca.init(jax.random.key(1), mid, top, train=False),
                          jax.random.key(2))
   # Small weights keep the softmax away from one-hot, so it is really tested.
@@ -194,7 +197,7 @@ def test_blockwise_attention_never_builds_the_n_by_n_matrix():
 
 def test_clca_starts_as_identity():
   mid, top = _clca_inputs(jax.random.key(0))
-  clca = models.CLCA()
+  clca = CLCA()
   variables = clca.init(jax.random.key(1), mid, top, train=False)
   out, _ = clca.apply(variables, mid, top, train=True, mutable=['batch_stats'])
   np.testing.assert_array_equal(out, mid)
@@ -203,7 +206,7 @@ def test_clca_starts_as_identity():
 def test_clsa_applies_the_downsampled_map_to_the_top_map():
   mid, top = _clca_inputs(jax.random.key(0))
   for residual in (False, True):
-    clsa = models.CLSA(residual=residual)
+    clsa = CLSA(residual=residual)
     variables = clsa.init(jax.random.key(1), mid, top, train=False)
     out, state = clsa.apply(variables, mid, top, train=False, mutable=['intermediates'])
     (attention_map,) = state['intermediates']['attention']
@@ -219,7 +222,7 @@ def test_clsa_rejects_indivisible_sizes_with_a_clear_error():
   mid = jnp.ones((1, 7, 7, 4))
   top = jnp.ones((1, 4, 4, 4))
   with pytest.raises(ValueError, match='config.data.image_size'):
-    models.CLSA().init(jax.random.key(0), mid, top, train=False)
+    CLSA().init(jax.random.key(0), mid, top, train=False)
 
 
 @pytest.mark.parametrize('norm', ['batchnorm', 'none'])
@@ -227,7 +230,7 @@ def test_clsa_gate_with_batchnorm_ignores_the_scale_of_its_input(norm):
   # CLCA rescales L̂_s as it trains; the normalised gate must not follow that
   # scale into the sigmoid's flat tails (docs/ablation_study.md).
   mid, top = _clca_inputs(jax.random.key(0))
-  clsa = models.CLSA(norm=norm)
+  clsa = CLSA(norm=norm)
   variables = clsa.init(jax.random.key(1), mid, top, train=False)
 
   def gate(scale):
@@ -324,7 +327,7 @@ def test_bad_model_fields_are_named(field, value):
   else:
     config[field] = value
   with pytest.raises(ValueError, match=f'config.model.{field}'):
-    models.create_model(config, num_classes=3)
+    models.validate_model_config(config)
 
 
 
@@ -332,17 +335,17 @@ def test_taps_and_backbone_options_are_checked_against_the_backbone():
   config = _tiny_model_config(mid_level_taps=('layer2', 'layer4'))
   with pytest.raises(ValueError, match=r"config.model.mid_level_taps='layer4' is not one of "
                      r"\('layer1', 'layer2', 'layer3'\)"):
-    models.create_model(config, num_classes=3)
+    models.validate_model_config(config)
   # A lower top-level map leaves fewer stages below it to tap.
   config = _tiny_model_config(top_stage='layer3')
   with pytest.raises(ValueError, match=r"mid_level_taps='layer3' is not one of "
                      r"\('layer1', 'layer2'\)"):
-    models.create_model(config, num_classes=3)
+    models.validate_model_config(config)
   config = _tiny_model_config()
   config.backbone_options = {'stage_output': 'conv'}
   with pytest.raises(ValueError, match=r"config.model.backbone_options.stage_output is not an "
                      r"option of resnet18; its options: \('zero_init_residual',\)"):
-    models.create_model(config, num_classes=3)
+    models.validate_model_config(config)
 
 
 def test_top_stage_chooses_the_top_level_map():
@@ -369,7 +372,7 @@ class _GatedMid(nn.Module):
 
 
 def test_a_registered_block_replaces_clca_by_name(monkeypatch):
-  monkeypatch.setitem(blocks.MID_LEVEL_BLOCKS, 'gated', _GatedMid)
+  monkeypatch.setitem(blocks.MID_LEVEL_BLOCKS, 'gated', BlockSpec(_GatedMid, rules=()))
   config = _tiny_model_config(mid_block='gated')
   config.gated = {}
   model = models.create_model(config, num_classes=3)
@@ -413,7 +416,7 @@ def test_vgg_without_residual_blocks_refuses_zero_init_residual():
   config.zero_init_residual = True
   with pytest.raises(ValueError, match=r"config.model.zero_init_residual=True needs a "
                      r"residual backbone; config.model.backbone='vgg16' has none"):
-    models.create_model(config, num_classes=3)
+    models.validate_model_config(config)
 
 
 def test_vgg16_config_file_takes_dataset_and_scales_on_the_command_line():

@@ -27,8 +27,8 @@ flags.DEFINE_bool('flip_tta', False, 'Average each image with its mirror image '
                   '(steps.eval_outputs).')
 flags.DEFINE_string('attention_dir', None, 'If set, write the attention-map overlays of '
                     'every image here (attention_maps.save).')
-flags.DEFINE_string('query_point', None, 'CLCA query "x,y" in the pixels of every image; '
-                    'default: each image\'s centre.')
+flags.DEFINE_string('query_point', None, 'Query "x,y" of the attention maps that have one, '
+                    'in the pixels of every image; default: each image\'s centre.')
 FLAGS = flags.FLAGS
 
 

@@ -1,6 +1,7 @@
 """Attention maps of a trained CLAN on images, overlaid on them, for notebooks and `predict`.
 
-Two maps per mid-level tap (e.g. 'layer2', stride 8, and 'layer3', stride 16):
+One map per block that draws one (its BlockSpec.attention_map) and mid-level
+tap (e.g. 'layer2', stride 8, and 'layer3', stride 16). The paper's blocks:
 
 - CLSA: the spatial attention M_s = sigmoid(conv([max_c, mean_c] L̂_s)) that
   re-weights the top-level map (sown by CLSA as intermediates/attention).
@@ -8,7 +9,7 @@ Two maps per mid-level tap (e.g. 'layer2', stride 8, and 'layer3', stride 16):
   weights with which that position gathers the value map (computed from the
   query and key maps that CLCA sows, with CLCA's own normalisation).
 
-Both live on the mid-level grid [H_s, W_s] of the model's input, the centre
+All live on the mid-level grid [H_s, W_s] of the model's input, the centre
 crop of the resized image. Overlays put them back on the whole image: upsampled
 bilinearly onto the part of the image the crop covers, which is coloured; the
 rest of the image, which the model does not see, is dimmed.
@@ -16,7 +17,7 @@ rest of the image, which the model does not see, is dimmed.
   trained = trained_model.load('workdirs/default')
   image = input_pipeline.read_image('bird.png')          # uint8 [H, W, 3]
   (maps,) = attention_maps.compute(trained, [image], query_points=[(60, 40)])
-  maps.clsa['layer2'], maps.clca['layer2']               # float32 [H_s, W_s]
+  maps.blocks['clsa']['layer2'], maps.blocks['clca']['layer2']  # float32 [H_s, W_s]
   pictures = attention_maps.overlays(maps)               # {'clsa_layer2': uint8 [H, W, 3], ...}
   attention_maps.save(maps, '/tmp/attention', 'bird')    # one PNG per picture
 """
@@ -33,7 +34,7 @@ from PIL import Image, ImageDraw
 
 from clan_jax.data import input_pipeline
 from clan_jax.inference import visualization
-from clan_jax.models import attention as attention_lib
+from clan_jax.models import blocks
 from clan_jax.user_errors import UserError
 from clan_jax.workdir import trained_model
 
@@ -48,18 +49,20 @@ class AttentionMaps:
     image: uint8 RGB [H, W, 3], the image as given (before resize and crop).
     crop_box: (left, top, right, bottom) in image pixels, the part of the image
       that the model sees (the evaluation crop).
-    query_point: (x, y) in image pixels, the CLCA query.
-    clsa: {tap: M_s, float32 [H_s, W_s] in (0, 1)}; empty without CLSA.
-    clca: {tap: the query position's affinity over all positions, float32
-      [H_s, W_s] (sums to 1 with softmax normalisation)}; empty without CLCA.
-    query_cells: {tap: (row, column) of the query on the [H_s, W_s] grid}.
+    query_point: (x, y) in image pixels, the query of maps that have one
+      (CLCA's).
+    blocks: {block name: {tap: its map, float32 [H_s, W_s]}}, for the blocks
+      the model uses that draw maps. CLSA's is M_s, in (0, 1); CLCA's the
+      query position's affinity over all positions (sums to 1 with softmax
+      normalisation).
+    query_cells: {block name: {tap: (row, column) of the query on the
+      [H_s, W_s] grid}}, for the blocks whose maps have a query.
   """
   image: np.ndarray
   crop_box: tuple[float, float, float, float]
   query_point: Point
-  clsa: dict[str, np.ndarray]
-  clca: dict[str, np.ndarray]
-  query_cells: dict[str, tuple[int, int]]
+  blocks: dict[str, dict[str, np.ndarray]]
+  query_cells: dict[str, dict[str, tuple[int, int]]]
 
 
 def compute(trained: trained_model.TrainedModel, images: Sequence[np.ndarray],
@@ -70,20 +73,22 @@ def compute(trained: trained_model.TrainedModel, images: Sequence[np.ndarray],
     trained: a loaded workdir (`trained_model.load`).
     images: uint8 RGB [H, W, 3] each, of any sizes; preprocessed exactly as
       evaluation does (`input_pipeline.preprocess_for_eval`).
-    query_points: the CLCA query of each image, (x, y) in its pixels; None (or
-      a None entry) for the centre of the image.
+    query_points: the query of each image (of maps that have one, as
+      CLCA's), (x, y) in its pixels; None (or a None entry) for the centre of
+      the image.
 
   Returns:
     One AttentionMaps per image.
 
   Raises:
-    ValueError: the model has neither CLCA nor CLSA, an image is not uint8 RGB,
-      or a query point lies outside the part of the image the model sees.
+    ValueError: the model uses no block that draws maps, an image is not uint8
+      RGB, or a query point lies outside the part of the image the model sees.
   """
   config = trained.config
-  if not (config.model.use_clca or config.model.use_clsa):
-    raise UserError('This model has neither CLCA nor CLSA (config.model.use_clca, '
-                    'config.model.use_clsa), so it has no attention maps.')
+  drawn = _drawing_blocks(config.model)
+  if not drawn:
+    raise UserError('This model uses no block that draws attention maps '
+                    '(config.model.use_clca, config.model.use_clsa), so it has none.')
   images = [np.asarray(image) for image in images]
   for image in images:
     if image.dtype != np.uint8 or image.ndim != 3 or image.shape[-1] != 3:
@@ -101,33 +106,32 @@ def compute(trained: trained_model.TrainedModel, images: Sequence[np.ndarray],
   batch = np.stack([np.asarray(input_pipeline.preprocess_for_eval(image, config))
                     for image in images])
   intermediates = jax.device_get(_intermediates(trained.model, trained.variables, batch))
-  clsa = {}
-  clca = {}
+  maps = {}
   cells = {}
-  for tap in config.model.mid_level_taps:
-    # Blocks sow what their maps are made of (models/clca.py, models/clsa.py);
-    # a registered block that sows nothing has no map here.
-    top_block = intermediates.get(f'{config.model.top_block}_{tap}', {})
-    if config.model.use_clsa and 'attention' in top_block:
-      (attention,) = top_block['attention']
-      clsa[tap] = attention[..., 0].astype(np.float32)  # [B, H_s, W_s]
-    mid_block = intermediates.get(f'{config.model.mid_block}_{tap}', {})
-    if config.model.use_clca and 'query' in mid_block and 'key' in mid_block:
-      (query,) = mid_block['query']  # [B, H_s, W_s, D]
-      (key,) = mid_block['key']
-      batch, height, width, depth = key.shape
-      cells[tap] = [(min(int(fy * height), height - 1), min(int(fx * width), width - 1))
-                    for fx, fy in fractions]
-      queries = np.stack([query[i, row, col] for i, (row, col) in enumerate(cells[tap])])
-      weights = attention_lib.affinity(
-          queries[:, None], key.reshape(batch, height * width, depth),
-          normalization=config.model.clca.normalization, scaled=config.model.clca.scaled)
-      clca[tap] = np.asarray(weights).reshape(batch, height, width)
-  return [AttentionMaps(image=image, crop_box=box, query_point=tuple(point),
-                        clsa={tap: maps[i] for tap, maps in clsa.items()},
-                        clca={tap: maps[i] for tap, maps in clca.items()},
-                        query_cells={tap: tap_cells[i] for tap, tap_cells in cells.items()})
+  for name in drawn:
+    for tap in config.model.mid_level_taps:
+      # What a block sows is what its maps are made of; one that sowed
+      # nothing here has no map.
+      sown = intermediates.get(f'{name}_{tap}')
+      if sown:
+        maps.setdefault(name, {})[tap], tap_cells = blocks.registered()[name].attention_map(
+            sown, config.model[name], fractions)
+        if tap_cells is not None:
+          cells.setdefault(name, {})[tap] = tap_cells
+  return [AttentionMaps(
+      image=image, crop_box=box, query_point=tuple(point),
+      blocks={name: {tap: grids[i] for tap, grids in block_maps.items()}
+              for name, block_maps in maps.items()},
+      query_cells={name: {tap: tap_cells[i] for tap, tap_cells in block_cells.items()}
+                   for name, block_cells in cells.items()})
           for i, (image, box, point) in enumerate(zip(images, crop_boxes, query_points))]
+
+
+def _drawing_blocks(model_config) -> list[str]:
+  """The blocks the model uses that draw maps, top-level first."""
+  used = ([model_config.top_block] if model_config.use_clsa else []) + (
+      [model_config.mid_block] if model_config.use_clca else [])
+  return [name for name in used if blocks.registered()[name].attention_map is not None]
 
 
 def _intermediates(model: nn.Module, variables: dict[str, Any], images: np.ndarray):
@@ -154,27 +158,27 @@ def _fraction_in_box(point: Point, box: tuple[float, float, float, float],
 
 
 def overlays(maps: AttentionMaps, *, alpha: float = 0.5) -> dict[str, np.ndarray]:
-  """Each map over the image: {'clsa_<tap>' | 'clca_<tap>': uint8 RGB [H, W, 3]}.
+  """Each map over the image: {'<block>_<tap>', e.g. 'clsa_layer2': uint8 RGB [H, W, 3]}.
 
   Each map is min-max scaled to the full colormap (viridis: dark blue for its
   lowest value, yellow for its highest), upsampled bilinearly onto the crop
-  box and alpha-blended; the CLCA pictures mark the query point.
+  box and alpha-blended; the pictures of maps with a query mark its point.
   """
   pictures = {}
-  for kind, tap_maps in (('clsa', maps.clsa), ('clca', maps.clca)):
+  for name, tap_maps in maps.blocks.items():
     for tap, grid in tap_maps.items():
       heat, mask = _onto_image(visualization.rescale(grid), maps.crop_box,
                                maps.image.shape[:2])
       picture = visualization.blend(maps.image, heat, mask, alpha=alpha)
-      if kind == 'clca':
+      if tap in maps.query_cells.get(name, {}):
         picture = _mark(picture, maps.query_point)
-      pictures[f'{kind}_{tap}'] = picture
+      pictures[f'{name}_{tap}'] = picture
   return pictures
 
 
 def save(maps: AttentionMaps, out_dir: str, stem: str, *, alpha: float = 0.5
          ) -> list[str]:
-  """Writes each overlay as `out_dir/<stem>_<clsa|clca>_<tap>.png`; returns the paths."""
+  """Writes each overlay as `out_dir/<stem>_<block>_<tap>.png`; returns the paths."""
   os.makedirs(out_dir, exist_ok=True)
   paths = []
   for name, picture in overlays(maps, alpha=alpha).items():

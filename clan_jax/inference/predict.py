@@ -89,7 +89,7 @@ def predict_files(trained: trained_model.TrainedModel, paths: Sequence[str], *,
     top_k: classes per image.
     batch_size, flip_tta: see `probabilities`.
     attention_dir: if set, the attention overlays of each image are saved here
-      as `<file name>_<clsa|clca>_<tap>.png`.
+      as `<file name>_<block>_<tap>.png` (e.g. `bird.png_clsa_layer2.png`).
     query_point: the CLCA query (x, y) in every image's pixels; None: centres.
 
   Returns:

@@ -50,12 +50,6 @@ def spatial_attention(query: jax.Array, key: jax.Array, value: jax.Array, *,
   Returns:
     [B, N, E] in the dtype of `value`.
   """
-  if normalization not in NORMALIZATIONS:
-    raise ValueError(f'Unknown attention normalization {normalization!r}; '
-                     f'expected one of {NORMALIZATIONS}.')
-  if implementation not in IMPLEMENTATIONS:
-    raise ValueError(f'Unknown attention implementation {implementation!r}; '
-                     f'expected one of {IMPLEMENTATIONS}.')
   num_positions, depth = key.shape[-2:]
   scale = depth**-0.5 if scaled else 1.0
   if implementation == 'reference':

@@ -18,6 +18,7 @@ from typing import Any
 import flax.linen as nn
 
 from clan_jax.models import resnet, vgg
+from clan_jax.user_errors import UserError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,7 +64,7 @@ class BackboneSpec:
     top_stage: the default top-level map L_N (config.model.top_stage overrides).
     taps: default mid-level taps by number of scales: {2: ..., 3: ...}.
     options: names allowed in config.model.backbone_options.
-    torchvision: how its torchvision weights convert.
+    torchvision: how its torchvision weights convert; None: it has none.
     remat_stages: `create` takes `remat_policy` and rematerialises each stage
       with it (config.model.remat 'stages' or 'all').
   """
@@ -72,8 +73,8 @@ class BackboneSpec:
   stage_names: tuple[str, ...]
   top_stage: str
   taps: Mapping[int, tuple[str, ...]]
-  options: tuple[str, ...]
-  torchvision: TorchvisionLayout
+  options: tuple[str, ...] = ()
+  torchvision: TorchvisionLayout | None = None
   remat_stages: bool = False
 
   def mid_level_stages(self, top_stage: str | None = None) -> tuple[str, ...]:
@@ -123,5 +124,5 @@ BACKBONES.update({
 def get(name: str) -> BackboneSpec:
   """The registered backbone `name` (config.model.backbone)."""
   if name not in BACKBONES:
-    raise ValueError(f'config.model.backbone={name!r} is not one of {tuple(BACKBONES)}.')
+    raise UserError(f'config.model.backbone={name!r} is not one of {tuple(BACKBONES)}.')
   return BACKBONES[name]

@@ -16,15 +16,16 @@ COMBINE_MODES = ('mean_softmax', 'sum_logits')
 MERGE_MODES = ('concat', 'sum')
 
 
-def branch_names(mid_level_taps: Sequence[str], use_clca: bool,
-                 use_clsa: bool) -> tuple[str, ...]:
+def branch_names(mid_level_taps: Sequence[str], use_mid_block: bool,
+                 use_top_block: bool) -> tuple[str, ...]:
   """The classifier branches a CLAN with these switches has, in output order.
 
-  'layer2', 'layer3', ...: L̂_s for each mid-level tap (with CLCA only);
-  'top': L_N (always); 'refined': L̂_N (with CLSA only).
+  'layer2', 'layer3', ...: L̂_s for each mid-level tap (with the mid-level
+  block only); 'top': L_N (always); 'refined': L̂_N (with the top-level block
+  only).
   """
-  return ((*mid_level_taps,) if use_clca else ()) + (TOP_BRANCH,) + (
-      (REFINED_BRANCH,) if use_clsa else ())
+  return ((*mid_level_taps,) if use_mid_block else ()) + (TOP_BRANCH,) + (
+      (REFINED_BRANCH,) if use_top_block else ())
 
 
 class ClassifierHead(nn.Module):
@@ -44,10 +45,10 @@ class CLAN(nn.Module):
   """Cross-layer Attention Network.
 
   With both switches off it is the plain backbone with one classifier on L_N
-  (the paper's baseline); `use_clca` adds L̂_s = CLCA(L_s, L_N) and its
-  branches; `use_clsa` adds L̂_N from CLSA(L̂_s, L_N) (L_s when CLCA is off)
-  and its branch. CLCA and CLSA are the default mid- and top-level blocks;
-  others come from models/blocks.py by name.
+  (the paper's baseline); `use_mid_block` adds L̂_s = mid_block(L_s, L_N) and
+  its branches; `use_top_block` adds L̂_N from top_block(L̂_s, L_N) (L_s when
+  the mid-level block is off) and its branch. The blocks come from
+  models/blocks.py by name; the paper's are CLCA and CLSA.
 
   Attributes:
     num_classes: classes of every branch.
@@ -56,6 +57,8 @@ class CLAN(nn.Module):
     backbone_options: the backbone's own attributes (its spec's `options`).
     top_stage: the stage giving L_N; None: the backbone's default.
     mid_level_taps: stages giving the mid-level maps L_s.
+    use_mid_block, use_top_block: the ablation switches (config.model.use_clca,
+      config.model.use_clsa).
     mid_block, top_block: names in models/blocks.py (choice: 'clca', 'clsa').
     mid_block_options, top_block_options: attributes of every such block.
     refined_top_merge: how per-scale top-level block outputs form L̂_N:
@@ -67,15 +70,15 @@ class CLAN(nn.Module):
   """
 
   num_classes: int
+  mid_block: str
+  top_block: str
   backbone: str = 'resnet50'
   backbone_width: int = 64
   backbone_options: Mapping[str, Any] = nn.FrozenDict()
   top_stage: str | None = None
   mid_level_taps: Sequence[str] = ('layer2', 'layer3')
-  use_clca: bool = True
-  use_clsa: bool = True
-  mid_block: str = 'clca'
-  top_block: str = 'clsa'
+  use_mid_block: bool = True
+  use_top_block: bool = True
   mid_block_options: Mapping[str, Any] = nn.FrozenDict()
   top_block_options: Mapping[str, Any] = nn.FrozenDict()
   refined_top_merge: str = 'concat'
@@ -104,9 +107,9 @@ class CLAN(nn.Module):
     top = features[self.top_stage or spec.top_stage]
     mids = {tap: features[tap] for tap in self.mid_level_taps}
     branches = {}
-    if self.use_clca:
-      mid_block = blocks.MID_LEVEL_BLOCKS[self.mid_block]
-      if remat.remats_clca(self.remat):
+    if self.use_mid_block:
+      mid_block = blocks.MID_LEVEL_BLOCKS[self.mid_block].module
+      if remat.remats_mid_blocks(self.remat):
         mid_block = remat.wrap(mid_block, self.remat_policy, static_argnums=(3,))
       mids = {tap: mid_block(**self.mid_block_options, dtype=self.dtype,
                              param_dtype=self.param_dtype,
@@ -114,8 +117,8 @@ class CLAN(nn.Module):
               for tap, mid in mids.items()}
       branches.update({tap: self._head(tap)(mid) for tap, mid in mids.items()})
     branches[TOP_BRANCH] = self._head(TOP_BRANCH)(top)
-    if self.use_clsa:
-      top_block = blocks.TOP_LEVEL_BLOCKS[self.top_block]
+    if self.use_top_block:
+      top_block = blocks.TOP_LEVEL_BLOCKS[self.top_block].module
       refined = [top_block(**self.top_block_options, dtype=self.dtype,
                            param_dtype=self.param_dtype,
                            name=f'{self.top_block}_{tap}')(mid, top, train)

@@ -5,8 +5,11 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
+from clan_jax import config_rules as rules
 from clan_jax.models import attention
+from clan_jax.models.block_spec import BlockSpec
 
 Dtype = Any
 
@@ -76,3 +79,44 @@ class CLCA(nn.Module):
         scale_init=nn.initializers.zeros if self.zero_init else nn.initializers.ones,
         dtype=self.dtype, param_dtype=self.param_dtype, name='bn_y')(y)
     return mid + y
+
+
+def _diagnostics(params, sown):
+  """The mean |scale| of the output BatchNorm: 0 at init, when the block is the identity."""
+  del sown
+  return {'bn_scale': jnp.mean(jnp.abs(params['bn_y']['scale']))}
+
+
+def _attention_map(sown, options, fractions):
+  """Each image's query row of normalize(W_θ(f) W_φ(f)^T), float32 [B, H_s, W_s]."""
+  (query,) = sown['query']  # [B, H_s, W_s, D]
+  (key,) = sown['key']
+  batch, height, width, depth = key.shape
+  cells = [(min(int(fy * height), height - 1), min(int(fx * width), width - 1))
+           for fx, fy in fractions]
+  queries = np.stack([query[i, row, col] for i, (row, col) in enumerate(cells)])
+  weights = attention.affinity(
+      queries[:, None], key.reshape(batch, height * width, depth),
+      normalization=options['normalization'], scaled=options['scaled'])
+  return np.asarray(weights).reshape(batch, height, width), cells
+
+
+SPEC = BlockSpec(
+    module=CLCA,
+    rules=(
+        rules.choice('normalization', attention.NORMALIZATIONS),
+        rules.number('inner_ratio', 0, 1, low_open=True),
+        rules.choice('upsample', ('bilinear', 'nearest')),
+        rules.boolean('scaled'),
+        rules.choice('attention_impl', attention.IMPLEMENTATIONS),
+        rules.integer('attention_block_size', 8),
+        rules.boolean('zero_init'),
+    ),
+    diagnostic_names=('bn_scale',),
+    diagnostics=_diagnostics,
+    attention_map=_attention_map,
+    compute_only_fields=('attention_impl', 'attention_block_size'),
+    added_fields={'attention_block_size': attention.DEFAULT_BLOCK_SIZE},
+    # 'fused' was XLA's attention path; 'auto' is what replaced it.
+    renamed_values={'attention_impl': {'fused': 'auto'}},
+)

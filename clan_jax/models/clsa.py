@@ -4,6 +4,10 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
+
+from clan_jax import config_rules as rules
+from clan_jax.models.block_spec import BlockSpec
 
 Dtype = Any
 
@@ -63,9 +67,6 @@ class CLSA(nn.Module):
 
 def downsample_to(x: jax.Array, size: tuple[int, int], mode: str) -> jax.Array:
   """Resizes [B, H, W, C] down to [B, size[0], size[1], C]."""
-  if mode not in DOWNSAMPLE_MODES:
-    raise ValueError(f'Unknown CLSA downsample {mode!r} (config.model.clsa.'
-                     f'downsample); expected one of {DOWNSAMPLE_MODES}.')
   if mode == 'bilinear':
     return jax.image.resize(x, (x.shape[0], *size, x.shape[-1]), 'bilinear')
   (height, width), (out_height, out_width) = x.shape[1:3], size
@@ -78,3 +79,34 @@ def downsample_to(x: jax.Array, size: tuple[int, int], mode: str) -> jax.Array:
   window = (height // out_height, width // out_width)
   pool = nn.avg_pool if mode == 'avg' else nn.max_pool
   return pool(x, window, strides=window)
+
+
+def _diagnostics(params, sown):
+  """The mean and spread of the gate M_s; a saturated gate has its std near 0.5."""
+  del params
+  gate = sown['attention'][0].astype(jnp.float32)
+  return {'gate_mean': jnp.mean(gate), 'gate_std': jnp.std(gate)}
+
+
+def _attention_map(sown, options, fractions):
+  """M_s, float32 [B, H_s, W_s]; it has no query."""
+  del options, fractions
+  (gate,) = sown['attention']
+  return np.asarray(gate[..., 0], np.float32), None
+
+
+SPEC = BlockSpec(
+    module=CLSA,
+    rules=(
+        rules.Rule('kernel_size', lambda v: rules.is_int(v) and v >= 1 and v % 2 == 1,
+                   'an odd integer >= 1'),
+        rules.choice('downsample', DOWNSAMPLE_MODES),
+        rules.boolean('residual'),
+        rules.choice('norm', NORM_MODES),
+    ),
+    diagnostic_names=('gate_mean', 'gate_std'),
+    diagnostics=_diagnostics,
+    attention_map=_attention_map,
+    # The gate had no norm before 'norm' was added.
+    added_fields={'norm': 'none'},
+)

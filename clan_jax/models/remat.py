@@ -1,8 +1,9 @@
 """Rematerialisation: recompute a module's activations in the backward pass.
 
 `config.model.remat` chooses which modules are wrapped in `nn.remat`
-(jax.checkpoint): 'none', 'stages' (each ResNet stage), 'clca' (each CLCA
-block) or 'all' (both). `config.model.remat_policy` names the
+(jax.checkpoint): 'none', 'stages' (each stage of a backbone whose spec allows
+it), 'mid_blocks' (each mid-level block, CLCA by default) or 'all' (both);
+older workdirs' 'clca' is 'mid_blocks' (workdir/compatibility.py). `config.model.remat_policy` names the
 `jax.checkpoint_policies` entry that says which intermediates of a wrapped
 module are still saved: 'nothing_saveable' keeps only its inputs (least
 memory, one extra forward), 'dots_with_no_batch_dims_saveable' /
@@ -12,7 +13,7 @@ ops (BatchNorm, ReLU) between them.
 import flax.linen as nn
 import jax
 
-MODES = ('none', 'stages', 'clca', 'all')
+MODES = ('none', 'stages', 'mid_blocks', 'all')
 POLICIES = ('nothing_saveable', 'dots_saveable', 'dots_with_no_batch_dims_saveable',
             'everything_saveable')
 
@@ -28,5 +29,5 @@ def remats_stages(mode: str) -> bool:
   return mode in ('stages', 'all')
 
 
-def remats_clca(mode: str) -> bool:
-  return mode in ('clca', 'all')
+def remats_mid_blocks(mode: str) -> bool:
+  return mode in ('mid_blocks', 'all')

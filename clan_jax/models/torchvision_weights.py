@@ -208,9 +208,11 @@ def _layout_of(torch_keys: list[str], variant: str | None, source: str
     if variant not in backbones.BACKBONES:
       raise ValueError(f'Unknown variant {variant!r}; expected one of '
                        f'{tuple(backbones.BACKBONES)}.')
+    if backbones.BACKBONES[variant].torchvision is None:
+      raise WeightsMismatchError(f'{variant} has no torchvision weights to convert.')
     return backbones.BACKBONES[variant].torchvision
   layouts = {spec.torchvision.family: spec.torchvision
-             for spec in backbones.BACKBONES.values()}
+             for spec in backbones.BACKBONES.values() if spec.torchvision is not None}
   for layout in layouts.values():
     if layout.owns(torch_keys):
       return layout

@@ -3,93 +3,26 @@
 `validate(config)` raises a `UserError` naming the first bad field, its value
 and what is allowed: `config.loss.label_smoothing=1.5 must be a number in [0, 1).`
 
-Two tables drive it, so that a new config field is one new row:
-  FIELD_RULES: one field each, its type and range (or allowed values).
+Each field has one rule, next to the code that owns it (clan_jax/config_rules.py):
+  FIELD_RULES: the fields of training, data and devices, one each.
+  config.model: its rules and checks are the models' (models.validate_model_config),
+    each block's options its block's (BlockSpec.rules).
   CROSS_CHECKS: functions of the whole config, for what involves several fields.
 A field that a config lacks is reported too: a config written for an older
 version of clan_jax must be updated, not silently defaulted.
 """
-from collections.abc import Callable, Sequence
-import dataclasses
-import math
-import os
-from typing import Any
+from collections.abc import Callable
 
 import ml_collections
 
 from clan_jax import models, sharding
+from clan_jax.config_rules import (Rule, boolean, check, choice, integer, is_number, number,
+                                   optional_path, text)
 from clan_jax.data import input_pipeline, synthetic
 from clan_jax.training import optimizer
 from clan_jax.user_errors import UserError
 
 NONFINITE_ACTIONS = ('stop', 'skip')
-
-
-@dataclasses.dataclass(frozen=True)
-class Rule:
-  """`check(value)` is True for every allowed value of config.<field>; `allowed` says which."""
-  field: str  # dotted, e.g. 'model.backbone_width'
-  check: Callable[[Any], bool]
-  allowed: str
-
-
-def _is_int(value) -> bool:
-  return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value) -> bool:
-  return (isinstance(value, (int, float)) and not isinstance(value, bool)
-          and math.isfinite(value))
-
-
-def integer(field: str, low: int | None = None, high: int | None = None, *,
-            also: Sequence[int] = ()) -> Rule:
-  """An int in [low, high] (either end open when None), or one of `also`."""
-  def check(value):
-    return _is_int(value) and (value in also or (
-        (low is None or value >= low) and (high is None or value <= high)))
-  bounds = ' and '.join(part for part in (
-      f'>= {low}' if low is not None else '', f'<= {high}' if high is not None else '')
-      if part)
-  allowed = f'an integer {bounds}'.strip() + ''.join(f', or {v}' for v in also)
-  return Rule(field, check, allowed)
-
-
-def number(field: str, low: float | None = None, high: float | None = None, *,
-           low_open: bool = False, high_open: bool = False) -> Rule:
-  """A finite int or float in the interval given; `*_open` excludes that end."""
-  def check(value):
-    return _is_number(value) and (
-        low is None or (value > low if low_open else value >= low)) and (
-        high is None or (value < high if high_open else value <= high))
-  if low is not None and high is not None:
-    interval = f'in {"(" if low_open else "["}{low:g}, {high:g}{")" if high_open else "]"}'
-  elif low is not None:
-    interval = f'{">" if low_open else ">="} {low:g}'
-  elif high is not None:
-    interval = f'{"<" if high_open else "<="} {high:g}'
-  else:
-    interval = ''
-  return Rule(field, check, f'a finite number {interval}'.strip())
-
-
-def boolean(field: str) -> Rule:
-  return Rule(field, lambda v: isinstance(v, bool), 'True or False')
-
-
-def choice(field: str, options: Sequence[Any]) -> Rule:
-  return Rule(field, lambda v: v in options, f'one of {tuple(options)}')
-
-
-def text(field: str) -> Rule:
-  return Rule(field, lambda v: isinstance(v, str) and bool(v.strip()), 'a non-empty string')
-
-
-def optional_path(field: str, kind: str) -> Rule:
-  """None, or the path of an existing file (kind='file') or directory ('dir')."""
-  exists = os.path.isfile if kind == 'file' else os.path.isdir
-  return Rule(field, lambda v: v is None or (isinstance(v, str) and exists(os.path.expanduser(v))),
-              f'None or the path of an existing {"file" if kind == "file" else "directory"}')
 
 
 FIELD_RULES: list[Rule] = [
@@ -114,15 +47,6 @@ FIELD_RULES: list[Rule] = [
     integer('data.batch_size', 1),
     integer('data.eval_batch_size', 1),
     integer('data.prefetch_batches', 0),
-    # --- Model (models.validate_model_config checks the rest; see CROSS_CHECKS) ---
-    integer('model.backbone_width', 1),
-    boolean('model.zero_init_residual'),
-    boolean('model.use_clca'),
-    boolean('model.use_clsa'),
-    boolean('model.clca.scaled'),
-    boolean('model.clca.zero_init'),
-    integer('model.clsa.kernel_size', 1),
-    boolean('model.clsa.residual'),
     # --- Initialisation ---
     optional_path('init.backbone_weights', 'file'),
     optional_path('init.checkpoint', 'dir'),
@@ -161,10 +85,7 @@ FIELD_RULES: list[Rule] = [
 
 
 def _check_model(config: ml_collections.ConfigDict) -> None:
-  try:
-    models.validate_model_config(config.model)
-  except ValueError as e:
-    raise UserError(str(e)) from e
+  models.validate_model_config(config.model)
 
 
 def _check_branch_weights(config: ml_collections.ConfigDict) -> None:
@@ -177,7 +98,7 @@ def _check_branch_weights(config: ml_collections.ConfigDict) -> None:
     if name not in branches and weight != 1.0:
       raise UserError(f'config.loss.branch_weights.{name}={weight} weighs a branch this model '
                       f'does not have; its branches are {list(branches)}.')
-    if not _is_number(weight) or weight < 0:
+    if not is_number(weight) or weight < 0:
       raise UserError(f'config.loss.branch_weights.{name}={weight!r} must be a finite '
                       'number >= 0.')
 
@@ -210,32 +131,17 @@ def _check_init(config: ml_collections.ConfigDict) -> None:
                     f'{config.data.dataset!r}.')
 
 
+# The fields that only CROSS_CHECKS check.
+CHECKED_ACROSS_FIELDS = ('loss.branch_weights',)
+
 # Run in order, after FIELD_RULES, so each may rely on its fields' types.
 CROSS_CHECKS: list[Callable[[ml_collections.ConfigDict], None]] = [
     _check_model, _check_branch_weights, _check_length, input_pipeline.check_crop_size,
     input_pipeline.split_names, _check_accumulation, _check_init,
 ]
 
-_MISSING = object()
-
-
-def _get(config: ml_collections.ConfigDict, field: str) -> Any:
-  value = config
-  for key in field.split('.'):
-    if not isinstance(value, (ml_collections.ConfigDict, dict)) or key not in value:
-      return _MISSING
-    value = value[key]
-  return value
-
-
 def validate(config: ml_collections.ConfigDict) -> None:
   """Raises a UserError naming the first field of `config` that is missing or not allowed."""
-  for rule in FIELD_RULES:
-    value = _get(config, rule.field)
-    if value is _MISSING:
-      raise UserError(f'config.{rule.field} is missing: this config predates it; add it '
-                      '(configs/base.py has every field and its default).')
-    if not rule.check(value):
-      raise UserError(f'config.{rule.field}={value!r} must be {rule.allowed}.')
-  for check in CROSS_CHECKS:
-    check(config)
+  check(FIELD_RULES, config)
+  for check_config in CROSS_CHECKS:
+    check_config(config)

@@ -1,7 +1,8 @@
 """Training diagnostics: what each module learns, logged beside the loss.
 
-Per-module gradient norms, the CLSA gates' statistics and the scale of CLCA's
-zero-initialised BatchNorm: the figures that `docs/ablation_study.md` used to
+Per-module gradient norms, and each block's own statistics (its
+BlockSpec.diagnostics: CLSA's gate mean and spread, the scale of CLCA's
+zero-initialised BatchNorm): the figures that `docs/ablation_study.md` used to
 find why CLAN trained worse than its parts. All are cheap reductions of
 arrays the train step already has.
 """
@@ -9,8 +10,9 @@ from collections.abc import Mapping
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import optax
+
+from clan_jax.models import blocks
 
 BACKBONE = 'backbone'
 
@@ -32,9 +34,8 @@ def names(params: Mapping[str, Any]) -> list[str]:
   """The names `compute` returns for a model with these params."""
   modules = sorted(_grouped(params))
   return ([f'grad_norm_{m}' for m in modules]
-          + [f'{stat}_{m}' for m in modules if m.startswith('clsa_')
-             for stat in ('gate_mean', 'gate_std')]
-          + [f'bn_scale_{m}' for m in modules if m.startswith('clca_')])
+          + [f'{stat}_{module}' for module, spec in blocks.instances(sorted(params))
+             for stat in spec.diagnostic_names])
 
 
 def compute(params: Mapping[str, Any], grads: Mapping[str, Any],
@@ -43,23 +44,16 @@ def compute(params: Mapping[str, Any], grads: Mapping[str, Any],
 
   Args:
     params, grads: the model's parameters and their gradients.
-    intermediates: the model's sown intermediates (CLSA's 'attention',
-      [B, H_s, W_s, 1] in (0, 1)).
+    intermediates: the model's sown intermediates, {module: {name: (value,)}}.
 
   Returns:
     {'grad_norm_<module>': global norm of that module's gradient,
-     'gate_mean_<clsa>', 'gate_std_<clsa>': of its attention map,
-     'bn_scale_<clca>': mean |scale| of its output BatchNorm (0 at init:
-     the block is then the identity)}.
+     '<statistic>_<block instance>': each block's own diagnostics}.
   """
   out = {f'grad_norm_{m}': optax.global_norm(leaves)
          for m, leaves in _grouped(grads).items()}
-  for module, values in intermediates.items():
-    if module.startswith('clsa_'):
-      gate = values['attention'][0].astype(jnp.float32)
-      out[f'gate_mean_{module}'] = jnp.mean(gate)
-      out[f'gate_std_{module}'] = jnp.std(gate)
-  for module, values in params.items():
-    if module.startswith('clca_'):
-      out[f'bn_scale_{module}'] = jnp.mean(jnp.abs(values['bn_y']['scale']))
+  for module, spec in blocks.instances(params):
+    if spec.diagnostics is not None:
+      stats = spec.diagnostics(params[module], intermediates.get(module, {}))
+      out.update({f'{stat}_{module}': value for stat, value in stats.items()})
   return out

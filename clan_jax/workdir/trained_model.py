@@ -19,33 +19,25 @@ import ml_collections
 import tensorflow as tf
 
 from clan_jax import models, sharding
+from clan_jax.models import blocks
 from clan_jax.models.variables import abstract_variables
 from clan_jax.user_errors import MissingFileError, UserError
-from clan_jax.workdir import checkpointing
+from clan_jax.workdir import checkpointing, compatibility
 
 CONFIG_FILE = 'config.json'
 CLASSES_FILE = 'classes.json'
 CHECKPOINT_DIR = 'checkpoints'
 # Model fields that change how the model is computed, not its variables: a run
 # may resume with others (e.g. on a GPU, with bfloat16 and cuDNN attention).
-COMPUTE_ONLY_FIELDS = ('model.dtype', 'model.remat', 'model.remat_policy',
-                       'model.clca.attention_impl', 'model.clca.attention_block_size')
-# Where the fields of the first, flat config.json went when the config was
-# grouped: old top-level name -> its dotted path now.
-FLAT_FIELDS = {
-    **{name: f'data.{name}' for name in (
-        'dataset', 'data_dir', 'train_split', 'eval_split', 'validation_percent',
-        'synthetic', 'resize_size', 'image_size', 'cache', 'crop_to_bbox', 'batch_size',
-        'eval_batch_size', 'prefetch_batches')},
-    **{name: f'loss.{name}' for name in ('branch_weights', 'label_smoothing')},
-    **{name: f'optim.{name}' for name in (
-        'learning_rate', 'new_layers_lr_multiplier', 'warmup_epochs', 'momentum',
-        'nesterov', 'weight_decay', 'weight_decay_mode', 'grad_clip_norm',
-        'grad_accum_steps')},
-    'checkpoint_every_steps': 'checkpoint.every_steps',
-    'keep_checkpoints': 'checkpoint.keep',
-    'checkpoint_fallback': 'checkpoint.fallback',
-}
+# Each block declares its own (BlockSpec.compute_only_fields).
+COMPUTE_ONLY_FIELDS = ('model.dtype', 'model.remat', 'model.remat_policy')
+
+
+def compute_only_fields() -> tuple[str, ...]:
+  """COMPUTE_ONLY_FIELDS and every registered block's, as dotted names."""
+  return COMPUTE_ONLY_FIELDS + tuple(
+      f'model.{name}.{field}' for name, spec in blocks.registered().items()
+      for field in spec.compute_only_fields)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,10 +74,14 @@ def check_same_model(workdir: str, config: ml_collections.ConfigDict) -> None:
   stored, current = (
       traverse_util.flatten_dict(json.loads(c.to_json_best_effort()), sep='.')
       for c in (load_config(workdir), config))
+  compute_only = compute_only_fields()
+  # The options of a block that the model does not use do not change it.
+  unused = tuple(f'model.{name}.' for name in blocks.registered()
+                 if name not in (config.model.mid_block, config.model.top_block))
   differ = [f'{key}: {stored.get(key)!r} -> {current.get(key)!r}'
             for key in sorted(stored.keys() | current.keys())
             if (key == 'data.dataset' or key.startswith('model.'))
-            and key not in COMPUTE_ONLY_FIELDS
+            and key not in compute_only and not key.startswith(unused)
             and stored.get(key) != current.get(key)]
   if differ:
     raise UserError(
@@ -99,20 +95,8 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
   if not tf.io.gfile.exists(path):
     raise MissingFileError(f'{path} not found: {workdir} is not a train.py workdir.')
   with tf.io.gfile.GFile(path) as f:
-    config = ml_collections.ConfigDict(_grouped(json.load(f)))
-  # Older workdirs lack the model fields added since; their defaults rebuild them.
-  config.model = models.with_added_fields(config.model)
-  return config
-
-
-def _grouped(config: dict[str, Any]) -> dict[str, Any]:
-  """A config.json dict in today's groups; one written before them has FLAT_FIELDS."""
-  config = dict(config)
-  for old, new in FLAT_FIELDS.items():
-    if old in config:
-      group, name = new.split('.')
-      config.setdefault(group, {})[name] = config.pop(old)
-  return config
+    # A workdir of an older version has the config of its time.
+    return compatibility.upgrade(json.load(f))
 
 
 def load(workdir: str, *, step: int | None = None, mesh: Mesh | None = None
@@ -125,6 +109,7 @@ def load(workdir: str, *, step: int | None = None, mesh: Mesh | None = None
   with tf.io.gfile.GFile(os.path.join(workdir, CLASSES_FILE)) as f:
     class_names = json.load(f)
   mesh = sharding.create_mesh(ml_collections.ConfigDict({'data': -1})) if mesh is None else mesh
+  models.validate_model_config(config.model)
   model = models.create_model(config.model, len(class_names))
   checkpoint_dir = os.path.join(workdir, CHECKPOINT_DIR)
   if step is not None and not tf.io.gfile.exists(os.path.join(checkpoint_dir, str(step))):
