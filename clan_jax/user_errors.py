@@ -73,7 +73,7 @@ def _grouped_field_hint(message: str, name: str, default: Any,
       config = arg.split('=', 1)[1]
   try:
     if isinstance(config, str):
-      config = config_flags.config_flags.ConfigFileFlagParser(name=name).parse(config)  # pylint: disable=protected-access
+      config = config_flags.config_flags.ConfigFileFlagParser(name=name).parse(config)
     found = sorted(p for p, _ in _leaves(config) if p.split('.')[-1] == unknown[1])
   except (OSError, ImportError, SyntaxError, *FLAG_ERRORS):
     return ''  # the config file's own error is reported where it is used
@@ -100,7 +100,7 @@ def parse_flags(argv: Sequence[str], flag_values: flags.FlagValues = flags.FLAGS
   except FLAG_ERRORS as e:
     message = flag_error_message(e)
     for flag in flag_values:
-      if isinstance(flag_values[flag], config_flags.config_flags._ConfigFlag):  # pylint: disable=protected-access
+      if config_flags.config_flags.is_config_flag(flag_values[flag]):
         message += _grouped_field_hint(message, flag, flag_values[flag].default, argv)
     raise UserError(message) from e
   except OSError as e:
@@ -108,8 +108,7 @@ def parse_flags(argv: Sequence[str], flag_values: flags.FlagValues = flags.FLAGS
     files = [arg.split('=', 1) for arg in argv if arg.startswith('--') and '=' in arg]
     for flag, filename in reversed(files):
       name = flag[2:]
-      if name in flag_values and isinstance(
-          flag_values[name], config_flags.config_flags._ConfigFlag):  # pylint: disable=protected-access
+      if name in flag_values and config_flags.config_flags.is_config_flag(flag_values[name]):
         raise _config_file_error(name, filename, e) from e
     raise
 
