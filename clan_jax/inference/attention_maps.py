@@ -114,8 +114,9 @@ def compute(trained: trained_model.TrainedModel, images: Sequence[np.ndarray],
       # nothing here has no map.
       sown = intermediates.get(f'{name}_{tap}')
       if sown:
-        maps.setdefault(name, {})[tap], tap_cells = blocks.registered()[name].attention_map(
+        grids, tap_cells = blocks.registered()[name].attention_map(
             sown, config.model[name], fractions)
+        maps.setdefault(name, {})[tap] = grids
         if tap_cells is not None:
           cells.setdefault(name, {})[tap] = tap_cells
   return [AttentionMaps(
