@@ -176,6 +176,12 @@ def test_vgg_keys_and_variants_are_checked(tmp_path):
   with pytest.raises(torchvision_weights.WeightsMismatchError,
                      match=r'is no torchvision state dict of ResNet or VGG'):
     torchvision_weights.convert_state_dict({'stem.weight': np.zeros((4, 3, 3, 3), np.float32)})
+  # A MobileNet's keys begin with 'features.' too, but are no VGG's.
+  with pytest.raises(torchvision_weights.WeightsMismatchError,
+                     match=r'is no torchvision state dict of ResNet or VGG'):
+    torchvision_weights.convert_state_dict(
+        {'features.0.0.weight': np.zeros((4, 3, 3, 3), np.float32),
+         'features.1.conv.0.0.weight': np.zeros((4, 1, 3, 3), np.float32)})
   # Without the classifier (a feature extractor's state dict) it converts as well.
   features_only = {k: v for k, v in state_dict.items() if k.startswith('features.')}
   weights = torchvision_weights.convert_state_dict(features_only)

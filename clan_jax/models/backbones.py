@@ -102,7 +102,7 @@ BACKBONES: dict[str, BackboneSpec] = {
 
 VGG_LAYOUT = TorchvisionLayout(
     family='VGG',
-    owns=lambda keys: any(k.startswith('features.') for k in keys),
+    owns=vgg.torchvision_owns,
     module_path=lambda modules: modules,
     variant=vgg.torchvision_variant,
     options=vgg.torchvision_options,

@@ -169,6 +169,18 @@ def variant_name(depth: int, batch_norm: bool) -> str:
 # --- torchvision state dicts (see clan_jax/models/torchvision_weights.py) ------------------------------
 
 
+# Every key of a torchvision VGG: a layer of `features` or `classifier` by its
+# index, then its array. ConvNeXt, EfficientNet and MobileNet state dicts also
+# begin with 'features.', but nest deeper ('features.1.0.block.0.weight').
+_TORCHVISION_KEY = re.compile(
+    r'(features|classifier)\.\d+\.(weight|bias|running_mean|running_var|num_batches_tracked)')
+
+
+def torchvision_owns(keys: Sequence[str]) -> bool:
+  """Whether torch state dict keys (without 'module.') are a torchvision VGG's."""
+  return bool(keys) and all(_TORCHVISION_KEY.fullmatch(key) for key in keys)
+
+
 def torchvision_variant(keys: Sequence[str]) -> str:
   """The variant of flat Flax keys: depth from the number of convs, `_bn` from BatchNorms.
 
