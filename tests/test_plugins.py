@@ -1,4 +1,4 @@
-"""A block and a backbone from outside the package: each one file, one registry line, one config group.
+"""A block and a backbone from outside the package: one file, one registry line, one config group.
 
 tests/toy_se_block.py (a squeeze-excitation mid-level block) and
 tests/toy_backbone.py (three conv stages) train, evaluate, draw attention

@@ -3,8 +3,8 @@
 `config.model.remat` chooses which modules are wrapped in `nn.remat`
 (jax.checkpoint): 'none', 'stages' (each stage of a backbone whose spec allows
 it), 'mid_blocks' (each mid-level block, CLCA by default) or 'all' (both);
-older workdirs' 'clca' is 'mid_blocks' (workdir/compatibility.py). `config.model.remat_policy` names the
-`jax.checkpoint_policies` entry that says which intermediates of a wrapped
+older workdirs' 'clca' is 'mid_blocks' (workdir/compatibility.py).
+`config.model.remat_policy` names the `jax.checkpoint_policies` entry that says which intermediates of a wrapped
 module are still saved: 'nothing_saveable' keeps only its inputs (least
 memory, one extra forward), 'dots_with_no_batch_dims_saveable' /
 'dots_saveable' keep matmul/conv outputs and recompute the cheap elementwise
