@@ -113,7 +113,9 @@ def test_readme_ablation_command_runs(argv, data_dir, tmp_path):
     table = f.read()
   rows = [line for line in table.splitlines() if line.startswith('| plain')
           or line.startswith('| clan')]
-  assert len(rows) == 2 and all('±' in row for row in rows)
+  # Per branch, then per seed with the paired difference: two rows per variant.
+  assert len(rows) == 4 and all('±' in row for row in rows)
+  assert rows[3].split(' | ')[-1].endswith('(2) |')  # clan - plain over seeds 0 and 1
   assert os.path.getsize(os.path.join(root, 'validation.png')) > 1000
   # Re-running skips the finished runs and writes the same table.
   second = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
