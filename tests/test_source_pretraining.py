@@ -60,6 +60,10 @@ def test_another_recipe_is_another_backbone(data_dir):
   other.init.source_pretraining.learning_rate = 0.5
   moved = _config(data_dir + '_elsewhere')
   assert source_pretraining.cache_dir(config) != source_pretraining.cache_dir(other)
+  # The fine-tuning runs' own seed and length do not make another backbone.
+  same = _config(data_dir)
+  same.seed, same.num_epochs, same.num_train_steps = 3, 40.0, 1000
+  assert source_pretraining.cache_dir(same) == source_pretraining.cache_dir(config)
   assert (os.path.basename(source_pretraining.cache_dir(config))
           == os.path.basename(source_pretraining.cache_dir(moved)))
 

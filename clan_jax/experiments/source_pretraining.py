@@ -54,7 +54,11 @@ def source_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDic
   source.optim.learning_rate = recipe.learning_rate
   source.optim.new_layers_lr_multiplier = 1.0
   source.optim.warmup_epochs = recipe.warmup_epochs
+  # One backbone for every fine-tuning run: not a function of their seeds
+  # or their length.
+  source.seed = 0
   source.num_train_steps = recipe.num_train_steps
+  source.num_epochs = 0.0  # num_train_steps rules
   source.eval_every_epochs = 1e9  # the final step alone
   source.checkpoint.every_steps = max(1, recipe.num_train_steps // 4)
   return source
