@@ -81,22 +81,23 @@ def run_study(base: ml_collections.ConfigDict, root: str, *, variants: Sequence[
   `jobs` runs train at a time, each in its own process. The source backbone
   of `base` (config.init.source_pretraining) is pretrained first, once, and
   every run starts from it. Runs that finished earlier are read back, not
-  trained again. Writes `root`/REPORT_FILE and `root`/PLOT_FILE; returns the
+  trained again; with none left to train, nothing is. Writes `root`/REPORT_FILE and `root`/PLOT_FILE; returns the
   markdown report and the runs, keyed (variant, learning rate, seed).
   """
-  base = source_pretraining.apply(base)
   # Learning rate, then seed, outermost: a study stopped early has every
   # variant on the same runs so far.
   plan = {(variant, rate, seed): os.path.join(root, variant, f'lr{rate:g}', f'seed{seed}')
           for rate in learning_rates for seed in seeds for variant in variants}
-  runs, todo = {}, {}
+  runs = {key: finished_run(workdir) for key, workdir in plan.items()}
+  todo = {}
   for (variant, rate, seed), workdir in plan.items():
-    runs[variant, rate, seed] = finished_run(workdir)
     if runs[variant, rate, seed]:
       logging.info('ablation: %s finished earlier, skipped.', workdir)
     else:
       logging.info('ablation: %s, learning rate %g, seed %d -> %s', variant, rate, seed,
                    workdir)
+      if not todo:  # the source backbone, only when something is left to train
+        base = source_pretraining.apply(base)
       todo[variant, rate, seed] = run_config(base, variant, seed, rate, validation_percent)
   if jobs == 1 or len(todo) < 2:
     for key, config in todo.items():
