@@ -6,6 +6,7 @@ import jax
 import numpy as np
 import pytest
 
+from clan_jax.data import synthetic
 from clan_jax.experiments import source_pretraining
 from clan_jax.models import torchvision_weights
 from clan_jax.training import trainer
@@ -31,9 +32,10 @@ def test_pretrains_once_then_fine_tunes_from_the_file(data_dir, tmp_path, monkey
   assert not resolved.init.source_pretraining.enabled and config.init.source_pretraining.enabled
   weights = torchvision_weights.load_weights(path)
   assert (weights.variant, weights.width) == (config.model.backbone, config.model.backbone_width)
-  # The source run trained a plain backbone on all 32 source species.
+  # The source run trained a plain backbone on every source class.
   source = trained_model.load_config(os.path.join(os.path.dirname(path), 'run'))
-  assert source.data.synthetic.source and source.data.synthetic.num_classes == 32
+  assert source.data.synthetic.source
+  assert source.data.synthetic.num_classes == synthetic.SOURCE_CLASSES
   assert not (source.model.use_clca or source.model.use_clsa)
 
   # Cached: a second request trains nothing.
