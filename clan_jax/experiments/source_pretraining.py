@@ -102,9 +102,10 @@ def apply(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """`config` initialised from its source backbone, pretrained first if not cached.
 
   Validates `config` first. Returns `config` itself when
-  `config.init.source_pretraining.enabled` is False; otherwise a copy with the request replaced by its result:
-  `init.backbone_weights` names the `.npz` and `source_pretraining.enabled`
-  is False, so the run's config.json says which file it started from.
+  `config.init.source_pretraining.enabled` is False; otherwise a copy with the
+  request replaced by its result: `init.backbone_weights` names the `.npz` and
+  `source_pretraining.enabled` is False, so the run's config.json says which
+  file it started from.
   """
   config_validation.validate(config)
   if not config.init.source_pretraining.enabled:
