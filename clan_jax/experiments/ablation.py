@@ -81,8 +81,9 @@ def run_study(base: ml_collections.ConfigDict, root: str, *, variants: Sequence[
   `jobs` runs train at a time, each in its own process. The source backbone
   of `base` (config.init.source_pretraining) is pretrained first, once, and
   every run starts from it. Runs that finished earlier are read back, not
-  trained again; with none left to train, nothing is. Writes `root`/REPORT_FILE and `root`/PLOT_FILE; returns the
-  markdown report and the runs, keyed (variant, learning rate, seed).
+  trained again; with none left to train, nothing is. Writes `root`/REPORT_FILE
+  and `root`/PLOT_FILE; returns the markdown report and the runs, keyed
+  (variant, learning rate, seed).
   """
   # Learning rate, then seed, outermost: a study stopped early has every
   # variant on the same runs so far.
