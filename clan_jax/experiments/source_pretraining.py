@@ -28,13 +28,12 @@ import numpy as np
 
 from clan_jax.data import synthetic
 from clan_jax.models import torchvision_weights
-from clan_jax.training import config_validation, trainer
+from clan_jax.training import config_validation, optimizer, trainer
 from clan_jax.user_errors import UserError
 from clan_jax.workdir import trained_model
 
 WEIGHTS_FILE = 'backbone.npz'
 CACHE_DIR = 'clan_synthetic_source_backbones'  # under the data directory
-_BACKBONE = 'backbone'  # CLAN's name for its backbone
 
 
 def source_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
@@ -91,7 +90,7 @@ def _save_backbone(workdir: str, path: str) -> None:
   trained = trained_model.load(workdir)
   flat = traverse_util.flatten_dict(jax.device_get(trained.variables), sep='/')
   arrays = {f'{kind}/{rest}': np.asarray(value) for key, value in flat.items()
-            for kind, module, rest in [key.split('/', 2)] if module == _BACKBONE}
+            for kind, module, rest in [key.split('/', 2)] if module == optimizer.BACKBONE}
   weights = torchvision_weights.BackboneWeights(trained.config.model.backbone, arrays)
   partial = path + '.partial'
   torchvision_weights.save_npz(partial, weights)
