@@ -8,6 +8,7 @@ import collections
 import dataclasses
 import io
 import pathlib
+import re
 import tarfile
 import tempfile
 
@@ -181,6 +182,8 @@ def _write_aircraft(manual_dir: pathlib.Path, *, archive: bool) -> list[Item]:
 
 _CAR_CLASSES = ('AM General Hummer SUV 2000', 'Acura RL Sedan 2012',
                 'Ram C/V Cargo Van Minivan 2012')
+# The test labels of Kaggle's copy, named as a browser names a second download.
+_KAGGLE_TEST_LABELS = 'cars_test_annos_withlabels (1).mat'
 
 
 def _car_items(*, all_in_one: bool) -> list[Item]:
@@ -232,8 +235,8 @@ def _write_cars(manual_dir: pathlib.Path, layout: str) -> list[Item]:
     manual_dir: where to write.
     layout: 'devkit_archives' (the official cars_train.tgz, cars_test.tgz,
       car_devkit.tgz and cars_test_annos_withlabels.mat), 'kaggle' (the same
-      extracted into nested folders) or 'all_in_one' (cars_annos.mat and
-      car_ims/).
+      files as Kaggle has them: extracted into nested folders, the test labels
+      as _KAGGLE_TEST_LABELS) or 'all_in_one' (cars_annos.mat and car_ims/).
   """
   items = _car_items(all_in_one=layout == 'all_in_one')
   for item in items:
@@ -260,7 +263,9 @@ def _write_cars(manual_dir: pathlib.Path, layout: str) -> list[Item]:
       'annotations': _struct(train, **{'class': label}, fname=fname)})
   scipy.io.savemat(devkit / 'cars_test_annos.mat', {
       'annotations': _struct(test, fname=fname)})
-  scipy.io.savemat(manual_dir / 'cars_test_annos_withlabels.mat', {
+  test_labels = (_KAGGLE_TEST_LABELS if layout == 'kaggle' else
+                 'cars_test_annos_withlabels.mat')
+  scipy.io.savemat(manual_dir / test_labels, {
       'annotations': _struct(test, **{'class': label}, fname=fname)})
   for folder, archive in (('cars_train', 'cars_train.tgz'),
                           ('cars_test', 'cars_test.tgz'),
@@ -310,11 +315,22 @@ def aircraft(tmp_path_factory) -> Prepared:
                   lambda d: _write_aircraft(d, archive=True))
 
 
-@pytest.fixture(scope='module', params=['devkit_archives', 'kaggle',
-                                        'all_in_one'])
-def cars(request, tmp_path_factory) -> Prepared:
-  return _prepare(tmp_path_factory, 'cars',
-                  lambda d: _write_cars(d, request.param))
+@pytest.fixture(scope='module')
+def cars_copies(tmp_path_factory):
+  """Prepares Stanford Cars from a tiny copy in a layout, once per layout."""
+  prepared = {}
+
+  def get(layout: str) -> Prepared:
+    if layout not in prepared:
+      prepared[layout] = _prepare(tmp_path_factory, 'cars',
+                                  lambda d: _write_cars(d, layout))
+    return prepared[layout]
+  return get
+
+
+@pytest.fixture(params=['devkit_archives', 'kaggle', 'all_in_one'])
+def cars(request, cars_copies) -> Prepared:
+  return cars_copies(request.param)
 
 
 def _examples(builder, split: str) -> dict[str, dict]:
@@ -404,6 +420,25 @@ def test_cars(cars):
   _check_eval_pipeline(cars)
 
 
+def test_cars_kaggle_copy_reads_as_the_official_files(cars_copies):
+  official = cars_copies('devkit_archives').builder
+  kaggle = cars_copies('kaggle').builder
+  assert (kaggle.info.features['label'].names ==
+          official.info.features['label'].names)
+  assert sorted(kaggle.info.splits) == sorted(official.info.splits)
+  for split in official.info.splits:
+    assert (kaggle.info.splits[split].num_examples ==
+            official.info.splits[split].num_examples)
+    expected = _examples(official, split)
+    examples = _examples(kaggle, split)
+    assert examples.keys() == expected.keys()
+    for image_id, example in examples.items():
+      assert example.keys() == expected[image_id].keys()
+      for key, value in example.items():
+        np.testing.assert_array_equal(value, expected[image_id][key],
+                                      err_msg=f'{image_id}: {key}')
+
+
 def _check_eval_pipeline(prepared: Prepared) -> None:
   """The test split through the training code's evaluation pipeline."""
   config = test_config.get_config()
@@ -489,24 +524,51 @@ def test_bad_image_fails_cleanly_and_a_fixed_retry_succeeds(tmp_path, damage):
   assert builder.info.splits['test'].num_examples == 4
 
 
-def test_cars_says_what_is_missing(tmp_path):
-  _write_cars(tmp_path / 'manual', 'kaggle')
-  (tmp_path / 'manual' / 'cars_test_annos_withlabels.mat').unlink()
-  with pytest.raises(FileNotFoundError,
-                     match='lacks cars_test_annos_withlabels.mat'):
-    _prepare_from(_builder(tmp_path / 'data', 'cars'),
-                  tmp_path / 'manual')
-
-
-def test_cars_test_annotations_without_labels(tmp_path):
-  _write_cars(tmp_path / 'manual', 'kaggle')
-  # The devkit's unlabelled file under the labelled one's name.
+def test_cars_names_the_missing_file_and_the_paths_tried(tmp_path):
   manual_dir = tmp_path / 'manual'
+  _write_cars(manual_dir, 'kaggle')
+  (manual_dir / _KAGGLE_TEST_LABELS).unlink()
+  builder = _builder(tmp_path / 'data', 'cars')
+  with pytest.raises(FileNotFoundError) as error:
+    _prepare_from(builder, manual_dir)
+  assert str(error.value) == (
+      f'Stanford Cars: {manual_dir} has no cars_test_annos_withlabels.mat '
+      "(the test labels; the devkit's cars_test_annos.mat has none); tried "
+      'cars_test_annos_withlabels.mat, cars_test_annos_withlabels (1).mat, '
+      'devkit/cars_test_annos_withlabels.mat, '
+      'car_devkit/devkit/cars_test_annos_withlabels.mat.')
+  assert not builder.is_prepared()
+
+
+def test_cars_names_the_file_missing_from_the_nearest_layout(tmp_path):
+  # All-in-one without its images: the error is about them, not about the
+  # devkit files, none of which are there.
+  manual_dir = tmp_path / 'manual'
+  items = _write_cars(manual_dir, 'all_in_one')
+  for item in items:
+    (manual_dir / item.id).unlink()
+  (manual_dir / 'car_ims').rmdir()
+  with pytest.raises(FileNotFoundError) as error:
+    _prepare_from(_builder(tmp_path / 'data', 'cars'), manual_dir)
+  assert str(error.value) == (
+      f'Stanford Cars: {manual_dir} has no car_ims (the images of '
+      'cars_annos.mat); tried car_ims, car_ims.tgz.')
+
+
+@pytest.mark.parametrize('test_labels', [_KAGGLE_TEST_LABELS,
+                                         'cars_test_annos_withlabels.mat'])
+def test_cars_test_annotations_without_labels(tmp_path, test_labels):
+  manual_dir = tmp_path / 'manual'
+  _write_cars(manual_dir, 'kaggle')
+  # The devkit's unlabelled file under a name of the labelled one: Kaggle's
+  # copy has it with or without ' (1)'. The error shows which file was read.
+  (manual_dir / _KAGGLE_TEST_LABELS).unlink()
   (manual_dir / 'car_devkit' / 'devkit' / 'cars_test_annos.mat').rename(
-      manual_dir / 'cars_test_annos_withlabels.mat')
-  with pytest.raises(ValueError, match='lack the field.*class'):
-    _prepare_from(_builder(tmp_path / 'data', 'cars'),
-                  tmp_path / 'manual')
+      manual_dir / test_labels)
+  with pytest.raises(ValueError, match=re.escape(
+      f'{manual_dir / test_labels}: the annotations lack the field(s) '
+      "['class']")):
+    _prepare_from(_builder(tmp_path / 'data', 'cars'), manual_dir)
 
 
 # ------------------------------------------- TFDS's own builder test case

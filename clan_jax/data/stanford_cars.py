@@ -2,22 +2,22 @@
 
 196 car models (make, model, year), 8,144 training and 8,041 test images, one
 bounding box each. TFDS's own `cars196` cannot download any more (its address
-is dead), and the copies that circulate come in several layouts. This builder
-reads the manual directory in whichever of these it finds:
+is dead), and the copies that circulate keep the same files in different
+places. `_LAYOUTS` lists where each copy keeps each file; the builder reads
+the manual directory as it is, in the first layout whose files are all there:
 
-  devkit: the official files, extracted or not, with the test labels that
-    were published after the challenge:
-      cars_train/ (or cars_train.tgz), cars_test/ (or cars_test.tgz),
-      devkit/ (or car_devkit.tgz) with cars_meta.mat and cars_train_annos.mat,
-      cars_test_annos_withlabels.mat (here or in devkit/).
-    Kaggle's copy nests the folders (cars_train/cars_train/, ...,
-    car_devkit/devkit/): that works too.
+  devkit: the official files (each folder extracted or as its archive, the
+    test labels that were published after the challenge beside them), or
+    Kaggle's copy of them: cars_train/cars_train/, cars_test/cars_test/,
+    car_devkit/devkit/ and `cars_test_annos_withlabels (1).mat`.
   all-in-one: cars_annos.mat (every image, with a `test` flag and the class
     names) and car_ims/ (or car_ims.tgz).
 
   python -m clan_jax.cli.prepare_data --dataset=cars --manual_dir=PATH
 """
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+import dataclasses
+import posixpath
 
 from etils import epath
 import numpy as np
@@ -28,8 +28,118 @@ from clan_jax.data import builder_utils
 from clan_jax.user_errors import MissingFileError, UserError
 
 _TEST_LABELS = 'cars_test_annos_withlabels.mat'
-_ALL_IN_ONE = 'cars_annos.mat'
 _BOX_FIELDS = ('bbox_x1', 'bbox_y1', 'bbox_x2', 'bbox_y2')
+
+
+@dataclasses.dataclass(frozen=True)
+class _Wanted:
+  """A file or folder that the builder reads, and where the copies keep it."""
+  what: str  # what it holds, for messages
+  # Relative to the manual directory, in order of preference; the first also
+  # names the file in messages.
+  paths: tuple[str, ...]
+  # In the manual directory, holding one of `paths`; extracted when none of
+  # them is there.
+  archives: tuple[str, ...] = ()
+
+  @property
+  def name(self) -> str:
+    return posixpath.basename(self.paths[0])
+
+  def tried(self) -> tuple[str, ...]:
+    return self.paths + self.archives
+
+  def find(self, dl_manager: tfds.download.DownloadManager,
+           manual_dir: epath.Path) -> epath.Path | None:
+    return builder_utils.find(dl_manager, manual_dir, self.paths,
+                              archives=self.archives)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Layout:
+  """One format of the metadata: the files its reader takes, by keyword."""
+  description: str
+  files: Mapping[str, _Wanted]
+
+
+# A new copy's layout is one more path in each tuple. Kaggle nests every folder
+# in another (cars_train/cars_train/, car_devkit/devkit/): where the outer one
+# has the official name, the nested path comes first. Metadata is looked for
+# before the images, so that an incomplete layout is told apart without
+# extracting gigabytes.
+_DEVKIT = _Layout(
+    'devkit: the official files, extracted or as their archives, or Kaggle\'s '
+    'copy of them',
+    {
+        'meta_file': _Wanted(
+            'the class names', ('devkit/cars_meta.mat',
+                                'car_devkit/devkit/cars_meta.mat'),
+            ('car_devkit.tgz',)),
+        'train_annos': _Wanted(
+            'the training labels', ('devkit/cars_train_annos.mat',
+                                    'car_devkit/devkit/cars_train_annos.mat'),
+            ('car_devkit.tgz',)),
+        'test_annos': _Wanted(
+            'the test labels; the devkit\'s cars_test_annos.mat has none',
+            (_TEST_LABELS, 'cars_test_annos_withlabels (1).mat',
+             f'devkit/{_TEST_LABELS}', f'car_devkit/devkit/{_TEST_LABELS}')),
+        'train_dir': _Wanted('the training images',
+                             ('cars_train/cars_train', 'cars_train'),
+                             ('cars_train.tgz',)),
+        'test_dir': _Wanted('the test images',
+                            ('cars_test/cars_test', 'cars_test'),
+                            ('cars_test.tgz',)),
+    })
+_ALL_IN_ONE = _Layout(
+    'all-in-one: every image in one folder, one annotation file',
+    {
+        'annos_file': _Wanted('the labels, splits and class names',
+                              ('cars_annos.mat',)),
+        'image_dir': _Wanted('the images of cars_annos.mat', ('car_ims',),
+                              ('car_ims.tgz',)),
+    })
+# In order of preference.
+_LAYOUTS = (_DEVKIT, _ALL_IN_ONE)
+
+
+def _instructions() -> str:
+  """MANUAL_DOWNLOAD_INSTRUCTIONS, from `_LAYOUTS`, so that they stay true."""
+  lines = [
+      'The original site (ai.stanford.edu/~jkrause/cars) is offline; copies',
+      'circulate (e.g. on Kaggle). Put one in the manual directory as it is.',
+      'Each file is looked for at these paths, in order (an archive last):',
+  ]
+  for layout in _LAYOUTS:
+    lines += ['', f'{layout.description}:']
+    lines += [f'  {wanted.name} ({wanted.what}): {", ".join(wanted.tried())}'
+              for wanted in layout.files.values()]
+  return '\n'.join(lines) + '\n'
+
+
+def _locate(dl_manager: tfds.download.DownloadManager,
+            manual_dir: epath.Path) -> tuple[_Layout, dict[str, epath.Path]]:
+  """The first layout whose files are all in manual_dir, and their paths.
+
+  Raises:
+    MissingFileError: no layout is complete; the message names the first file
+      missing from the layout that has the most (the first of those on ties).
+  """
+  nearest = None  # (files found, the first one missing) of the best layout
+  for layout in _LAYOUTS:
+    paths = {}
+    for keyword, wanted in layout.files.items():
+      path = wanted.find(dl_manager, manual_dir)
+      if path is None:
+        if nearest is None or len(paths) > nearest[0]:
+          nearest = (len(paths), wanted)
+        break
+      paths[keyword] = path
+    else:
+      return layout, paths
+  _, missing = nearest
+  raise MissingFileError(
+      f'Stanford Cars: {manual_dir} has no {missing.name} ({missing.what}); '
+      f'tried {", ".join(missing.tried())}.')
 
 
 class StanfordCars(tfds.core.GeneratorBasedBuilder):
@@ -38,38 +148,16 @@ class StanfordCars(tfds.core.GeneratorBasedBuilder):
   VERSION = tfds.core.Version('1.0.0')
   RELEASE_NOTES = {'1.0.0': 'Initial release.'}
   OFFICIAL_COUNTS = {'classes': 196, 'train': 8_144, 'test': 8_041}
-  MANUAL_DOWNLOAD_INSTRUCTIONS = """\
-The original site (ai.stanford.edu/~jkrause/cars) is offline; copies circulate
-(e.g. on Kaggle). Put one of these layouts in the manual directory:
-
-  devkit (the official files; each folder may also be its .tgz archive):
-    MANUAL_DIR/cars_train/*.jpg        (or cars_train.tgz)
-    MANUAL_DIR/cars_test/*.jpg         (or cars_test.tgz)
-    MANUAL_DIR/devkit/cars_meta.mat, devkit/cars_train_annos.mat
-                                       (or car_devkit.tgz)
-    MANUAL_DIR/cars_test_annos_withlabels.mat   (the test labels)
-  Kaggle's nested copy of the same files is read as it is:
-    cars_train/cars_train/, cars_test/cars_test/, car_devkit/devkit/
-  all-in-one:
-    MANUAL_DIR/cars_annos.mat and MANUAL_DIR/car_ims/*.jpg (or car_ims.tgz)
-"""
+  MANUAL_DOWNLOAD_INSTRUCTIONS = _instructions()
 
   def _info(self) -> tfds.core.DatasetInfo:
     return builder_utils.dataset_info(
         self, __doc__, 'https://ai.stanford.edu/~jkrause/cars/car_dataset.html')
 
   def _split_generators(self, dl_manager: tfds.download.DownloadManager):
-    manual_dir = builder_utils.manual_dir(dl_manager)
-    if (manual_dir / _ALL_IN_ONE).exists():
-      image_root = builder_utils.find(
-          dl_manager, manual_dir, ['.'], marker='car_ims',
-          archives=['car_ims.tgz'])
-      if image_root is not None:
-        splits, names_file = self._all_in_one(manual_dir / _ALL_IN_ONE,
-                                              image_root)
-        return self._generators(splits, names_file)
-    splits, names_file = self._devkit(dl_manager, manual_dir)
-    return self._generators(splits, names_file)
+    layout, paths = _locate(dl_manager, builder_utils.manual_dir(dl_manager))
+    read = self._devkit if layout is _DEVKIT else self._all_in_one
+    return self._generators(*read(**paths))
 
   def _generators(self, splits: dict[str, tuple[list, epath.Path]],
                   names_file: epath.Path):
@@ -89,7 +177,7 @@ The original site (ai.stanford.edu/~jkrause/cars) is offline; copies circulate
     return {split: self._generate_examples(annotations, str(listed_in))
             for split, (annotations, listed_in) in splits.items()}
 
-  def _all_in_one(self, annos_file: epath.Path, image_root: epath.Path):
+  def _all_in_one(self, annos_file: epath.Path, image_dir: epath.Path):
     """cars_annos.mat: all 16,185 images, relative_im_path 'car_ims/...'."""
     mat = _load_mat(annos_file, ['annotations', 'class_names'])
     builder_utils.set_class_names(self, _strings(mat['class_names']),
@@ -100,53 +188,21 @@ The original site (ai.stanford.edu/~jkrause/cars) is offline; copies circulate
     for record in annotations:
       relative_path = _item(record['relative_im_path'])
       split = 'test' if _item(record['test']) else 'train'
-      splits[split].append(_annotation(record, image_root / relative_path,
-                                       relative_path))
+      splits[split].append(_annotation(
+          record, image_dir.parent / relative_path, relative_path))
     return ({split: (items, annos_file) for split, items in splits.items()},
             annos_file)
 
-  def _devkit(self, dl_manager: tfds.download.DownloadManager,
-              manual_dir: epath.Path):
-    """The official devkit files, in any of the layouts that mirrors use."""
-    def find(candidates: Sequence[str], **kwargs) -> epath.Path | None:
-      return builder_utils.find(dl_manager, manual_dir, candidates, **kwargs)
-
-    # Kaggle nests each folder in one of the same name: try that first.
-    train_dir = find(['cars_train/cars_train', 'cars_train'],
-                     archives=['cars_train.tgz'])
-    test_dir = find(['cars_test/cars_test', 'cars_test'],
-                    archives=['cars_test.tgz'])
-    devkit = find(['devkit', 'car_devkit/devkit'], marker='cars_meta.mat',
-                  archives=['car_devkit.tgz'])
-    test_labels = find([_TEST_LABELS, f'devkit/{_TEST_LABELS}',
-                        f'car_devkit/devkit/{_TEST_LABELS}'])
-    train_annos = None if devkit is None else devkit / 'cars_train_annos.mat'
-    wanted = {
-        'cars_train/ (or cars_train.tgz)': train_dir,
-        'cars_test/ (or cars_test.tgz)': test_dir,
-        'devkit/cars_meta.mat (or car_devkit.tgz)': devkit,
-        'devkit/cars_train_annos.mat': (
-            train_annos if train_annos and train_annos.exists() else None),
-        f'{_TEST_LABELS} (the test labels; devkit/cars_test_annos.mat has '
-        'none)': test_labels,
-    }
-    missing = [name for name, path in wanted.items() if path is None]
-    if missing:
-      all_in_one = (f'{_ALL_IN_ONE} is there but car_ims/ (or car_ims.tgz) is '
-                    'not' if (manual_dir / _ALL_IN_ONE).exists() else
-                    f'{_ALL_IN_ONE} and car_ims/ are not there either')
-      raise MissingFileError(
-          f'Stanford Cars is incomplete in {manual_dir}: the devkit layout '
-          f'lacks {", ".join(missing)}; {all_in_one}.\n'
-          f'{self.MANUAL_DOWNLOAD_INSTRUCTIONS}')
-
-    meta_file = devkit / 'cars_meta.mat'
+  def _devkit(self, meta_file: epath.Path, train_annos: epath.Path,
+              test_annos: epath.Path, train_dir: epath.Path,
+              test_dir: epath.Path):
+    """The official devkit files: one annotation file and folder per split."""
     builder_utils.set_class_names(
         self, _strings(_load_mat(meta_file, ['class_names'])['class_names']),
         meta_file)
     splits = {}
     for split, annos_file, image_dir in (('train', train_annos, train_dir),
-                                         ('test', test_labels, test_dir)):
+                                         ('test', test_annos, test_dir)):
       records = _records(
           annos_file, _load_mat(annos_file, ['annotations'])['annotations'],
           ('fname', 'class'))
@@ -163,10 +219,6 @@ The original site (ai.stanford.edu/~jkrause/cars) is offline; copies circulate
 
 def _load_mat(path: epath.Path, variables: Sequence[str]) -> dict:
   """The variables of a MATLAB file; errors name the file and the fix."""
-  if not path.exists():
-    raise MissingFileError(
-        f'Metadata file {path} is missing. '
-        f'{StanfordCars.MANUAL_DOWNLOAD_INSTRUCTIONS}')
   try:
     with path.open('rb') as f:
       mat = scipy.io.loadmat(f)
