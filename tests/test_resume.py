@@ -142,12 +142,42 @@ def test_nan_stops_the_run_and_the_last_good_checkpoint_resumes(
   _assert_identical(tmp_path, expected)
 
 
+def _abstract_state(workdir):
+  """The abstract train state of `workdir`'s saved config, on one device."""
+  config = trained_model.load_config(str(workdir))
+  mesh = sharding.create_mesh(config.mesh, devices=jax.devices()[:1])
+  tx, _ = optimizer.create_optimizer(config, 1, 1)
+  return abstract_train_state(models.create_model(config.model, 4), tx,
+                              config.data.image_size, mesh)
+
+
+def _train_states(workdir, steps) -> list:
+  """The full train states (params, batch stats, optimizer state, step) saved at `steps`."""
+  target = _abstract_state(workdir)
+  checkpointer = checkpointing.Checkpointer(str(workdir / 'checkpoints'),
+                                            save_every_steps=1, max_to_keep=None)
+  states = [jax.device_get(checkpointer.restore(target, step)) for step in steps]
+  checkpointer.close()
+  return states
+
+
 def test_nan_skips_the_update_when_configured(env, data_dir, reference, tmp_path):
-  _, expected = reference
-  run = _train(env, data_dir, tmp_path, "--config.on_nonfinite=skip", fault='nan:5')
+  reference_dir, expected = reference
+  run = _train(env, data_dir, tmp_path, '--config.on_nonfinite=skip',
+               '--config.checkpoint.every_steps=1', '--config.checkpoint.keep=10',
+               fault='nan:5')
   assert run.returncode == 0, run.stderr[-3000:]
   assert 'step 5: the loss (nan) or the gradient norm is not finite: its update was ' \
          'skipped' in run.stderr
+  # The skipped step (the 5th, saved as step 5) leaves every array of the state as
+  # step 4 left it, optimizer state included; only the step counter moves on.
+  before, after = _train_states(tmp_path, (4, 5))
+  assert (int(before.step), int(after.step)) == (4, 5)
+  before, after = (jax.tree.leaves((s.params, s.batch_stats, s.opt_state))
+                   for s in (before, after))
+  for a, b in zip(before, after, strict=True):
+    np.testing.assert_array_equal(a, b)
+  _assert_identical(tmp_path, _variables(reference_dir, 4), step=4)
   actual = _variables(tmp_path)
   assert all(np.all(np.isfinite(a)) for a in actual)
   assert any(not np.array_equal(a, b) for a, b in zip(actual, expected))
@@ -179,11 +209,7 @@ def test_fallback_can_be_forbidden(reference, tmp_path):
   reference_dir, _ = reference
   shutil.copytree(reference_dir / 'checkpoints', tmp_path / 'checkpoints')
   _truncate_data_files(tmp_path / 'checkpoints' / '8')
-  config = trained_model.load_config(str(reference_dir))
-  mesh = sharding.create_mesh(config.mesh, devices=jax.devices()[:1])
-  tx, _ = optimizer.create_optimizer(config, 1, 1)
-  target = abstract_train_state(models.create_model(config.model, 4), tx,
-                                config.data.image_size, mesh)
+  target = _abstract_state(reference_dir)
   checkpointer = checkpointing.Checkpointer(str(tmp_path / 'checkpoints'),
                                             save_every_steps=1, max_to_keep=None)
   with pytest.raises(UserError, match=r'checkpoint .*/checkpoints/8 cannot be read .*'
