@@ -18,13 +18,13 @@ import os
 from absl import app, flags, logging
 import jax
 
-from clan_jax import user_errors
+from clan_jax.cli import program
 from clan_jax.experiments import source_pretraining
 from clan_jax.training import trainer
 from clan_jax.workdir import lock
 
 FLAGS = flags.FLAGS
-user_errors.define_config_file(
+program.define_config_file(
     'config', os.path.join(os.path.dirname(__file__), 'configs', 'default.py'),
     'Training configuration file.', lock_config=True)
 flags.DEFINE_string('workdir', 'workdirs/default',
@@ -53,22 +53,14 @@ def _initialize_distributed() -> None:
     jax.distributed.initialize(**given)
 
 
-def _quiet_library_info(record) -> bool:
-  """Keeps orbax's and TFDS's per-save and per-read INFO lines out of the console."""
-  noisy = ('/orbax/', '/tensorflow_datasets/')
-  return record.levelno > logging.converter.STANDARD_INFO or not any(
-      part in record.pathname for part in noisy)
-
-
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  logging.get_absl_handler().addFilter(_quiet_library_info)
   _initialize_distributed()
   logging.info('JAX %s, process %d/%d, devices: %s', jax.__version__,
                jax.process_index(), jax.process_count(), jax.devices())
   lock.check_workdir(FLAGS.workdir)  # before any pretraining
-  config = source_pretraining.apply(user_errors.config_flag())
+  config = source_pretraining.apply(program.config_flag())
   results = trainer.train_and_evaluate(config, FLAGS.workdir)
   if 'stopped' in results:
     if jax.process_index() == 0:
@@ -85,4 +77,4 @@ def main(argv):
 
 if __name__ == '__main__':
   jax.config.config_with_absl()
-  user_errors.run(main)
+  program.run(main)

@@ -55,7 +55,7 @@ def main(argv):
   for model_config in (clan, plain):
     model_config.backbone, model_config.dtype = FLAGS.backbone, FLAGS.dtype
     model_config.mid_level_taps = taps
-  plain.use_clca = plain.use_clsa = False
+  plain.use_mid_block = plain.use_top_block = False
   # Plain first: a process's peak RSS only grows, so each figure is then its own.
   benchmark(f'plain {FLAGS.backbone}', plain)
   benchmark(f'CLAN {FLAGS.backbone} {FLAGS.scales}-scale', clan)

@@ -1,22 +1,14 @@
-"""Mistakes of the user's, and how the programs report them: `error: ...`, exit status 2.
+"""Mistakes of the user's: the exception types every package raises for them.
 
 A `UserError` is something the user can fix (a config value, a file, a
 workdir); its message is one line naming what is wrong and what is allowed.
-The programs print it without a traceback. Any other exception is a bug or an
+The programs (clan_jax/cli/program.py) print it as `error: <message>`, without
+a traceback, and exit with status 2. Any other exception is a bug or an
 environment failure and keeps its traceback.
 
-  if __name__ == '__main__':
-    user_errors.run(main)
+The ground floor of the package: it imports nothing, so every layer may raise
+these.
 """
-from collections.abc import Callable, Iterator, Sequence
-import os
-import sys
-from typing import Any, NoReturn
-
-from absl import app, flags
-from ml_collections import config_flags
-
-EXIT_STATUS = 2
 
 
 class UserError(ValueError):
@@ -28,146 +20,4 @@ class UserError(ValueError):
 
 
 class MissingFileError(UserError, FileNotFoundError):
-  """A file or directory that the user named, or that a step the user took should have made, is missing."""
-
-
-def fail(message: str) -> NoReturn:
-  """Prints `error: <message>` to stderr and exits with status 2."""
-  print(f'error: {message}', file=sys.stderr, flush=True)
-  sys.exit(EXIT_STATUS)
-
-
-# What parsing the command line raises for a bad flag: absl's flags.Error, and
-# ml_collections' AttributeError or KeyError for `--config.<field>` of a field
-# that the config lacks.
-FLAG_ERRORS = (flags.Error, AttributeError, KeyError)
-
-
-def flag_error_message(error: Exception) -> str:
-  """One line for an exception of FLAG_ERRORS."""
-  if isinstance(error, flags.Error):
-    return str(error)
-  # ml_collections wraps a KeyError whose message names the field and
-  # suggests the closest one: "'batchsize'\nDid you mean ...".
-  detail = error
-  while isinstance(detail, BaseException) and detail.args:
-    detail = detail.args[0]
-  field, _, suggestion = str(detail).partition('\n')
-  return ' '.join(f'unknown config field {field}. {suggestion}'.split())
-
-
-def _grouped_field_hint(message: str, name: str, default: Any,
-                        argv: Sequence[str]) -> str:
-  """' Did you mean --config.<group>.<field>?' when the unknown field of `message`
-  is one the config holds in a group (a flat name from before the grouping).
-
-  The config is the file of `--<name>=` in `argv`, else `default`: a file's
-  path or an already loaded ConfigDict.
-  """
-  unknown = message.split("'")
-  if len(unknown) < 3 or 'Did you mean' in message:
-    return ''
-  config = default
-  for arg in argv:
-    if arg.startswith(f'--{name}='):
-      config = arg.split('=', 1)[1]
-  try:
-    if isinstance(config, str):
-      config = config_flags.config_flags.ConfigFileFlagParser(name=name).parse(config)
-    found = sorted(p for p, _ in _leaves(config) if p.split('.')[-1] == unknown[1])
-  except (OSError, ImportError, SyntaxError, *FLAG_ERRORS):
-    return ''  # the config file's own error is reported where it is used
-  return (' Did you mean ' + ' or '.join(f'--{name}.{p}' for p in found) + '?') if found else ''
-
-
-def _leaves(config: Any, prefix: str = '') -> Iterator[tuple[str, Any]]:
-  """(dotted path, value) of every field of a ConfigDict, groups included."""
-  for key, value in config.items():
-    yield prefix + key, value
-    if hasattr(value, 'items'):
-      yield from _leaves(value, f'{prefix}{key}.')
-
-
-def parse_flags(argv: Sequence[str], flag_values: flags.FlagValues = flags.FLAGS
-                ) -> list[str]:
-  """Parses `argv` into `flag_values`, as absl.app.run does.
-
-  Raises:
-    UserError: a bad flag, `--config.<field>` override or config file.
-  """
-  try:
-    return flag_values(argv)
-  except FLAG_ERRORS as e:
-    message = flag_error_message(e)
-    for flag in flag_values:
-      if config_flags.config_flags.is_config_flag(flag_values[flag]):
-        message += _grouped_field_hint(message, flag, flag_values[flag].default, argv)
-    raise UserError(message) from e
-  except OSError as e:
-    # A config file that failed to load, met by one of its overrides.
-    files = [arg.split('=', 1) for arg in argv if arg.startswith('--') and '=' in arg]
-    for flag, filename in reversed(files):
-      name = flag[2:]
-      if name in flag_values and config_flags.config_flags.is_config_flag(flag_values[name]):
-        raise _config_file_error(name, filename, e) from e
-    raise
-
-
-def define_config_file(name: str, default: str | None, help_string: str, *,
-                       flag_values: flags.FlagValues = flags.FLAGS,
-                       sys_argv: Sequence[str] | None = None, **kwargs) -> None:
-  """`config_flags.DEFINE_config_file`, with a bad `--<name>.<field>` reported as one line.
-
-  ml_collections already reads the overrides in `sys_argv` (default:
-  sys.argv) here, when the flag is defined, so a misspelt field fails here.
-  """
-  try:
-    config_flags.DEFINE_config_file(name, default, help_string, flag_values=flag_values,
-                                    sys_argv=sys_argv, **kwargs)
-  except FLAG_ERRORS as e:
-    message = flag_error_message(e)
-    fail(message + _grouped_field_hint(message, name, default,
-                                       sys.argv if sys_argv is None else sys_argv))
-
-
-def _parse_flags(argv: Sequence[str]) -> list[str]:
-  try:
-    return parse_flags(argv)
-  except UserError as e:
-    fail(str(e))
-
-
-def config_flag(name: str = 'config',
-                flag_values: flags.FlagValues = flags.FLAGS) -> Any:
-  """The value of a config_flags flag; a config file that failed to load is a UserError.
-
-  ml_collections defers a config file's load error to the first use of the
-  config, which then raises an OSError.
-  """
-  config = flag_values[name].value
-  if config is None:
-    return None
-  try:
-    getattr(config, 'keys')
-  except OSError as e:
-    raise _config_file_error(name, flag_values[name].config_filename, e) from e
-  return config
-
-
-def _config_file_error(name: str, filename: str, error: OSError) -> UserError:
-  # A config flag's value may end with ':<argument for get_config>'.
-  if not os.path.exists(filename.split(':')[0]):
-    return UserError(f'--{name}={filename}: no such config file.')
-  return UserError(f'--{name}={filename}: cannot load the config file: '
-                   f'{" ".join(str(error.__cause__ or error).split())}')
-
-
-def run(main: Callable[[list[str]], Any]) -> None:
-  """`absl.app.run(main)`, with UserErrors and usage errors printed as one line, exit 2."""
-  def guarded(argv):
-    try:
-      return main(argv)
-    except (UserError, app.UsageError) as e:
-      fail(str(e))
-
-  app.run(guarded, flags_parser=_parse_flags)
+  """Missing: a file or directory the user named, or one a step of theirs should have made."""

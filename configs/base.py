@@ -8,9 +8,9 @@ momentum 0.9, cosine schedule over 100 epochs, new layers (CLCA, CLSA, heads)
 at 10x the backbone's learning rate. Fields are grouped: data, model, init,
 loss, optim, mesh, checkpoint; the run's length, seed and cadence are at the top.
 """
-import ml_collections
+from collections.abc import Sequence
 
-from clan_jax.models import backbones
+import ml_collections
 
 
 def get_model_config() -> ml_collections.ConfigDict:
@@ -32,8 +32,13 @@ def get_model_config() -> ml_collections.ConfigDict:
   # Ablation switches: the mid-level block (mid_block, CLCA by default) and the
   # top-level block (top_block, CLSA by default) on or off; both off = plain
   # backbone with one classifier on L_N.
-  m.use_clca = True
-  m.use_clsa = True
+  m.use_mid_block = True
+  m.use_top_block = True
+  # Their names before any block could be configured, aliases (one shared
+  # value) so that `--config.model.use_clca=False` still works; they are
+  # neither checked nor written (clan_jax/workdir/compatibility.py, RENAMED_FIELDS).
+  m.use_clca = m.get_ref('use_mid_block')
+  m.use_clsa = m.get_ref('use_top_block')
   # The mid- and top-level blocks, names in clan_jax/models/blocks.py; each
   # takes its options from the group of its name below.
   m.mid_block = 'clca'
@@ -186,20 +191,18 @@ def get_config(dataset: str = 'cub_200_2011') -> ml_collections.ConfigDict:
   return config
 
 
-def set_backbone(config: ml_collections.ConfigDict, backbone: str, scales: int,
+def set_backbone(config: ml_collections.ConfigDict, backbone: str, taps: Sequence[str],
                  **backbone_options) -> None:
-  """CLAN `scales`-scale on `backbone` (a name in clan_jax/models/backbones.py).
+  """CLAN on `backbone` (a name in clan_jax/models/backbones.py), one scale per tap.
 
-  The taps are the backbone's defaults for that many scales (its
-  BackboneSpec.taps); every branch weighs 1.
+  `taps` are stage names of the backbone, e.g. its BackboneSpec.taps for the
+  number of scales (a config names them itself: configs import no library
+  code); every branch weighs 1. `backbone_options` replace the previous
+  backbone's; zero_init_residual, a ResNet option, is off unless given there.
   """
-  spec = backbones.get(backbone)
-  if scales not in spec.taps:
-    raise ValueError(f'{backbone} has taps for {sorted(spec.taps)} scales, not {scales}.')
   config.model.backbone = backbone
   config.model.backbone_options = ml_collections.ConfigDict(backbone_options)
-  if 'zero_init_residual' not in spec.options:  # VGG has no residual blocks
-    config.model.zero_init_residual = False
-  config.model.mid_level_taps = spec.taps[scales]
+  config.model.zero_init_residual = False
+  config.model.mid_level_taps = tuple(taps)
   config.loss.branch_weights = ml_collections.ConfigDict(
-      {**{tap: 1.0 for tap in spec.taps[scales]}, 'top': 1.0, 'refined': 1.0})
+      {**{tap: 1.0 for tap in taps}, 'top': 1.0, 'refined': 1.0})

@@ -1,7 +1,7 @@
 """Demo: CLAN on the built-in synthetic fine-grained dataset, a few minutes on a CPU.
 
   python train.py                                   # this config
-  python train.py --config=configs/default.py --config.model.use_clsa=False
+  python train.py --config=configs/default.py --config.model.use_top_block=False
 
 The paper's regime in miniature (docs/ablation_study.md): the backbone is
 first pretrained on a synthetic source task of 16 other classes (once, cached

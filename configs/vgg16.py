@@ -16,6 +16,9 @@ layer1.
 from configs import aircraft, base, cars, cub
 
 DATASETS = {'cub': cub, 'cars': cars, 'aircraft': aircraft}
+# The taps by number of scales: VGG's BackboneSpec.taps (tests/test_layers.py
+# checks that they agree).
+TAPS = {2: ('block3', 'block4'), 3: ('block2', 'block3', 'block4')}
 
 
 def get_config(arg: str = 'cub,2'):
@@ -24,6 +27,6 @@ def get_config(arg: str = 'cub,2'):
     raise ValueError(f'configs/vgg16.py:{arg}: expected DATASET,SCALES[,bn] with DATASET '
                      f'one of {tuple(DATASETS)} and SCALES 2 or 3, e.g. configs/vgg16.py:cub,3.')
   config = DATASETS[dataset].get_config()
-  base.set_backbone(config, 'vgg16_bn' if variant else 'vgg16', int(scales),
-                            stage_output='pooled')
+  base.set_backbone(config, 'vgg16_bn' if variant else 'vgg16', TAPS[int(scales)],
+                    stage_output='pooled')
   return config

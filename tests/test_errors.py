@@ -17,12 +17,14 @@ from absl import flags
 import numpy as np
 import pytest
 
-from clan_jax import user_errors
+# As `cli`: `program` names a row's program below.
+from clan_jax.cli import program as cli
 from clan_jax.inference import evaluate
 from clan_jax.models import torchvision_weights
 from clan_jax.workdir import lock, trained_model
 from clan_jax.data import input_pipeline, prepare
 from clan_jax.training import trainer
+from clan_jax.user_errors import UserError
 from configs import test as test_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -74,12 +76,12 @@ def _run_train(arguments: list[str], tmp: str, data_dir: str) -> str:
           f'--workdir={tmp}/workdir', *arguments]
   # train.py's flags; config_flags reads argv to know which overrides to define.
   flag_values = flags.FlagValues()
-  user_errors.define_config_file('config', 'configs/default.py', '', flag_values=flag_values,
-                                 lock_config=True, sys_argv=argv)
+  cli.define_config_file('config', 'configs/default.py', '', flag_values=flag_values,
+                         lock_config=True, sys_argv=argv)
   flags.DEFINE_string('workdir', None, '', flag_values=flag_values)
-  with pytest.raises(user_errors.UserError) as error:
-    user_errors.parse_flags(argv, flag_values)
-    config = user_errors.config_flag('config', flag_values)
+  with pytest.raises(UserError) as error:
+    cli.parse_flags(argv, flag_values)
+    config = cli.config_flag('config', flag_values)
     trainer.train_and_evaluate(config, flag_values.workdir)
   return str(error.value)
 
@@ -97,7 +99,7 @@ def _run_library(program: str, arguments: list[str]) -> str:
       'prepare': lambda: prepare.prepare(named['dataset'], named['manual_dir'],
                                          named.get('data_dir')),
   }
-  with pytest.raises(user_errors.UserError) as error:
+  with pytest.raises(UserError) as error:
     calls[program]()
   return str(error.value)
 
@@ -148,9 +150,9 @@ def test_programs_print_one_line_and_exit_2(number, files, data_dir):
 def test_an_internal_error_keeps_its_traceback(tmp_path):
   # A bug, not a user's mistake: absl's usual report, with the traceback.
   script = tmp_path / 'bug.py'
-  script.write_text('from clan_jax import user_errors\n'
+  script.write_text('from clan_jax.cli import program\n'
                     'def main(argv):\n  raise KeyError("a bug")\n'
-                    'user_errors.run(main)\n')
+                    'program.run(main)\n')
   run = subprocess.run([sys.executable, str(script)], cwd=REPO, capture_output=True,
                        text=True, timeout=300, env={**os.environ, 'PYTHONPATH': REPO})
   assert run.returncode == 1

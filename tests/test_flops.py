@@ -88,5 +88,5 @@ def test_train_step_flops_are_three_forwards_whatever_the_remat():
   assert flops.train_step_flops(config, **sizes) == 3 * forward
   config.remat = 'all'
   assert flops.forward_flops(config, **sizes) == forward
-  config.use_clca = config.use_clsa = False
+  config.use_mid_block = config.use_top_block = False
   assert flops.forward_flops(config, **sizes) < forward

@@ -132,8 +132,9 @@ def test_a_changed_optimizer_config_still_loads_and_evaluates(trained, tmp_path,
 
 def test_a_workdir_from_before_the_registries_still_loads_and_resumes(trained, tmp_path):
   """config.json without the model fields added since
-  (compatibility.added_model_fields), and flat, as before the fields were
-  grouped (compatibility.FLAT_FIELDS)."""
+  (compatibility.added_model_fields), with the old names of renamed fields
+  (compatibility.RENAMED_FIELDS), and flat, as before the fields were grouped
+  (compatibility.FLAT_FIELDS)."""
   workdir, _ = trained
   copy = str(tmp_path / 'workdir')
   shutil.copytree(workdir, copy)
@@ -147,6 +148,9 @@ def test_a_workdir_from_before_the_registries_still_loads_and_resumes(trained, t
       parent = parent[group]
     if parent[name] == default:
       del parent[name]
+  for old, new in compatibility.RENAMED_FIELDS.items():
+    (group, name), (new_group, new_name) = old.split('.'), new.split('.')
+    config[group][name] = config[new_group].pop(new_name)
   for old, new in compatibility.FLAT_FIELDS.items():
     group, name = new.split('.')
     config[old] = config[group].pop(name)

@@ -273,7 +273,7 @@ def test_clan_outputs(merge, combine):
   assert head_inputs == (2 if merge == 'concat' else 1) * 8 * 4
 
 
-@pytest.mark.parametrize('use_clca,use_clsa,expected_modules', [
+@pytest.mark.parametrize('mid,top,expected_modules', [
     (False, False, {'backbone', 'head_top'}),
     (True, False, {'backbone', 'clca_layer2', 'clca_layer3', 'head_layer2',
                    'head_layer3', 'head_top'}),
@@ -283,8 +283,8 @@ def test_clan_outputs(merge, combine):
                   'clsa_layer3', 'head_layer2', 'head_layer3', 'head_top',
                   'head_refined'}),
 ])
-def test_ablation_switches_change_the_parameter_tree(use_clca, use_clsa, expected_modules):
-  config = _tiny_model_config(use_clca=use_clca, use_clsa=use_clsa)
+def test_ablation_switches_change_the_parameter_tree(mid, top, expected_modules):
+  config = _tiny_model_config(use_mid_block=mid, use_top_block=top)
   model = models.create_model(config, num_classes=3)
   images = jnp.zeros((1, 64, 64, 3))
   variables = jax.eval_shape(lambda x: model.init(jax.random.key(0), x, train=False),
@@ -292,7 +292,7 @@ def test_ablation_switches_change_the_parameter_tree(use_clca, use_clsa, expecte
   assert set(variables['params']) == expected_modules
   outputs = jax.eval_shape(lambda v, x: model.apply(v, x, train=False), variables, images)
   assert tuple(sorted(outputs['branches'])) == tuple(sorted(
-      models.branch_names(config.mid_level_taps, use_clca, use_clsa)))
+      models.branch_names(config.mid_level_taps, mid, top)))
 
 
 def test_three_scale_taps():

@@ -5,7 +5,6 @@ pipeline's contract: the global batch of step k depends on (seed, k) only,
 and process i of P feeds rows [i*B/P, (i+1)*B/P) of it.
 """
 import os
-import re
 import socket
 import subprocess
 import sys
@@ -15,6 +14,7 @@ import numpy as np
 import pytest
 
 from clan_jax.workdir import trained_model
+from tests import tensorboard_scalars
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = 3
@@ -33,10 +33,9 @@ def _command(workdir, data_dir, num_devices):
           '--jax_platforms=cpu', f'--jax_num_cpu_devices={num_devices}']
 
 
-def _train_losses(stderr: str) -> dict[int, float]:
-  """{step: train/loss} from the log lines of clu's LoggingWriter."""
-  return {int(step): float(loss) for step, loss in
-          re.findall(r'\[(\d+)\] .*?train/loss=([-0-9.e]+)', stderr)}
+def _train_losses(workdir) -> dict[int, float]:
+  """{step: train/loss} from the TensorBoard scalars (process 0's) in `workdir`."""
+  return tensorboard_scalars.read(workdir).get('train/loss', {})
 
 
 def test_two_processes_train_like_one_and_their_checkpoint_restores(data_dir, tmp_path):
@@ -62,7 +61,7 @@ def test_two_processes_train_like_one_and_their_checkpoint_restores(data_dir, tm
   # Process 0 alone reports.
   assert 'Test accuracy' in stdout_0 and 'Test accuracy' not in stdout_1
 
-  single_losses, multi_losses = _train_losses(single.stderr), _train_losses(stderr_0)
+  single_losses, multi_losses = _train_losses(tmp_path / 'one'), _train_losses(tmp_path / 'two')
   assert sorted(single_losses) == list(range(1, STEPS + 1)), single.stderr[-2000:]
   assert sorted(multi_losses) == sorted(single_losses)
   for step, loss in single_losses.items():

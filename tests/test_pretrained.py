@@ -21,6 +21,7 @@ from clan_jax.training import config_validation, initialization, optimizer, setu
 from clan_jax.training.train_state import abstract_train_state
 from configs import base
 from configs import test as test_config
+from configs import vgg16
 from tests import torch_resnet, torch_vgg
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -190,7 +191,7 @@ def test_vgg_keys_and_variants_are_checked(tmp_path):
 
 def test_clan_on_vgg16_starts_from_converted_weights(tmp_path):
   config = test_config.get_config()
-  base.set_backbone(config, 'vgg16_bn', 2)
+  base.set_backbone(config, 'vgg16_bn', vgg16.TAPS[2])
   run = _setup(config)
   model, state = run.model, run.state
   torch_model = torch_vgg.vgg(16, True, width=4, num_classes=3, classifier_width=8)

@@ -72,8 +72,8 @@ def _localise(argv: list[str], tmp_path) -> list[str]:
 def test_readme_shows_the_ablation_commands():
   commands = readme_commands('train.py')
   assert [] in commands  # the quickstart
-  assert any('--config.model.use_clca=False' in c and '--config.model.use_clsa=False' in c
-             for c in commands)
+  assert any('--config.model.use_mid_block=False' in c
+             and '--config.model.use_top_block=False' in c for c in commands)
   assert readme_commands('-m clan_jax.cli.ablate')
 
 

@@ -36,7 +36,7 @@ def test_pretrains_once_then_fine_tunes_from_the_file(data_dir, tmp_path, monkey
   source = trained_model.load_config(os.path.join(os.path.dirname(path), 'run'))
   assert source.data.synthetic.source
   assert source.data.synthetic.num_classes == synthetic.SOURCE_CLASSES
-  assert not (source.model.use_clca or source.model.use_clsa)
+  assert not (source.model.use_mid_block or source.model.use_top_block)
 
   # Cached: a second request trains nothing.
   monkeypatch.setattr(trainer, 'train_and_evaluate', lambda *a: pytest.fail('retrained'))
@@ -44,10 +44,11 @@ def test_pretrains_once_then_fine_tunes_from_the_file(data_dir, tmp_path, monkey
   monkeypatch.undo()
 
   # Fine-tuning starts from the file's backbone, as from converted ImageNet weights.
-  resolved.num_train_steps = 1
-  resolved.optim.learning_rate = 1e-12  # one step that moves nothing measurable
-  resolved.optim.weight_decay = 0.0
-  trainer.train_and_evaluate(resolved, str(tmp_path / 'fine_tuned'))
+  fine_tuning = resolved.copy_and_resolve_references()  # mutable: `resolved` is validated
+  fine_tuning.num_train_steps = 1
+  fine_tuning.optim.learning_rate = 1e-12  # one step that moves nothing measurable
+  fine_tuning.optim.weight_decay = 0.0
+  trainer.train_and_evaluate(fine_tuning, str(tmp_path / 'fine_tuned'))
   variables = trained_model.load(str(tmp_path / 'fine_tuned')).variables
   kernel = variables['params']['backbone']['conv1']['kernel']
   np.testing.assert_allclose(jax.device_get(kernel), weights.arrays['params/conv1/kernel'],

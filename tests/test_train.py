@@ -20,6 +20,7 @@ from clan_jax.training import losses, optimizer, setup, steps, trainer
 from clan_jax.training.train_state import create_train_state
 from configs import base
 from configs import test as test_config
+from configs import vgg16
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -193,7 +194,7 @@ def test_checkpoint_round_trip_restores_identical_state(tmp_path):
 
 def test_bad_config_fields_are_named_before_training(data_dir, tmp_path):
   config = _config(data_dir)
-  config.model.use_clsa = False
+  config.model.use_top_block = False
   config.loss.branch_weights.refined = 2.0
   with pytest.raises(ValueError, match='config.loss.branch_weights.refined=2.0 weighs a branch'):
     trainer.train_and_evaluate(config, str(tmp_path))
@@ -234,6 +235,8 @@ def test_tensorboard_hparams_hold_the_whole_grouped_config(data_dir, tmp_path):
   assert hparams['data.batch_size'].number_value == config.data.batch_size
   assert hparams['model.backbone'].string_value == config.model.backbone
   assert hparams['model.mid_level_taps'].string_value == str(config.model.mid_level_taps)
+  # Each field once: not also under its old name (compatibility.RENAMED_FIELDS).
+  assert hparams['model.use_mid_block'].bool_value and 'model.use_clca' not in hparams
   assert set(hparams) == set(trainer.hparams(config))
 
 
@@ -254,10 +257,11 @@ def test_train_py_trains_then_resumes(data_dir, tmp_path):
   assert second.returncode == 0, second.stderr[-3000:]
   assert 'already holds the final step 3' in second.stderr
   assert first.stdout.splitlines()[-1] == second.stdout.splitlines()[-1]
+  # The switch's old name (compatibility.RENAMED_FIELDS) still sets it.
   other_model = subprocess.run(command + ['--config.model.use_clca=False'], cwd=REPO,
                                capture_output=True, text=True, timeout=600)
   assert other_model.returncode != 0
-  assert 'model.use_clca: True -> False' in other_model.stderr
+  assert '(model.use_mid_block: True -> False)' in other_model.stderr
   assert 'Use a new --workdir' in other_model.stderr
   typo = subprocess.run(command + ['--config.batchsize=4'], cwd=REPO,
                         capture_output=True, text=True, timeout=600)
@@ -273,8 +277,8 @@ def test_train_py_trains_then_resumes(data_dir, tmp_path):
 def test_clan_on_vgg16_trains_and_evaluates(data_dir, tmp_path, scales, blocks, branches):
   """configs/test.py on VGG-16 (width 4) with configs/vgg16.py's taps, end to end."""
   config = _config(data_dir, num_train_steps=2)
-  base.set_backbone(config, 'vgg16', scales, stage_output='pooled')
-  config.model.use_clca = config.model.use_clsa = blocks
+  base.set_backbone(config, 'vgg16', vgg16.TAPS[scales], stage_output='pooled')
+  config.model.use_mid_block = config.model.use_top_block = blocks
   if not blocks:
     config.loss.branch_weights = {'top': 1.0}
   results = trainer.train_and_evaluate(config, str(tmp_path))

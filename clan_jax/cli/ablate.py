@@ -1,8 +1,13 @@
-"""Ablation study: plain backbone, CLCA only, CLSA only and CLAN, on one config.
+"""Ablation study: plain backbone, mid block only, top block only and both, on one config.
 
   python -m clan_jax.cli.ablate --config=configs/default.py \
     --variants=plain,clca,clsa,clan --seeds=0,1,2,3,4 --jobs=2 \
     --workdir=workdirs/ablation
+
+The variants switch the blocks that config.model.mid_block and top_block
+name (CLCA and CLSA by default) and keep their names from those defaults:
+`plain` has neither, `clca` the mid-level block only, `clsa` the top-level
+block only, `clan` both.
 
 The protocol is the same for every variant: each (variant, learning rate,
 seed) trains in its own workdir, `ROOT/<variant>/lr<rate>/seed<seed>`, with
@@ -26,16 +31,18 @@ import os
 
 from absl import app, flags
 
-from clan_jax import user_errors
+from clan_jax.cli import program
 from clan_jax.experiments import ablation
 from clan_jax.workdir import lock
 
-user_errors.define_config_file(
+program.define_config_file(
     'config', 'configs/default.py', 'Base config; every variant overrides only '
-    'config.model.use_clca / use_clsa, config.seed and config.optim.learning_rate.',
+    'config.model.use_mid_block / use_top_block, config.seed and config.optim.learning_rate.',
     lock_config=True)
 flags.DEFINE_string('workdir', 'workdirs/ablation', 'Root of every run\'s workdir.')
-flags.DEFINE_list('variants', list(ablation.VARIANTS), f'Any of {list(ablation.VARIANTS)}.')
+flags.DEFINE_list('variants', list(ablation.VARIANTS),
+                  f'Any of {list(ablation.VARIANTS)}: no block, the mid-level block only '
+                  '(config.model.mid_block), the top-level block only (top_block), both.')
 flags.DEFINE_list('seeds', [], 'The seeds every variant runs, e.g. 0,1,2,3,4; empty: '
                   '--num_seeds seeds from --seed_offset.')
 flags.DEFINE_integer('num_seeds', 5, 'How many seeds, when --seeds is empty.')
@@ -71,9 +78,10 @@ def main(argv: Sequence[str]) -> None:
   if FLAGS.jobs < 1:
     raise app.UsageError(f'--jobs={FLAGS.jobs} must be at least 1.')
   lock.check_workdir(FLAGS.workdir)
-  rates = [float(r) for r in FLAGS.learning_rates] or [FLAGS.config.optim.learning_rate]
+  config = program.config_flag()
+  rates = [float(r) for r in FLAGS.learning_rates] or [config.optim.learning_rate]
   table, runs = ablation.run_study(
-      FLAGS.config, FLAGS.workdir, variants=FLAGS.variants, seeds=_seeds(),
+      config, FLAGS.workdir, variants=FLAGS.variants, seeds=_seeds(),
       learning_rates=rates, validation_percent=FLAGS.validation_percent, jobs=FLAGS.jobs)
   total = sum(r['seconds'] for r in runs.values())
   print(table)
@@ -83,4 +91,4 @@ def main(argv: Sequence[str]) -> None:
 
 
 if __name__ == '__main__':
-  user_errors.run(main)
+  program.run(main)

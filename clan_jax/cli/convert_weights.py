@@ -10,7 +10,7 @@ converts (ResNets, VGGs); see clan_jax/models/torchvision_weights.py for the map
 """
 from absl import app, flags
 
-from clan_jax import user_errors
+from clan_jax.cli import program
 from clan_jax.models import torchvision_weights
 
 flags.DEFINE_string('src', None, 'A torchvision / timm state dict: .safetensors or .pth.')
@@ -33,4 +33,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  user_errors.run(main)
+  program.run(main)

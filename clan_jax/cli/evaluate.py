@@ -15,13 +15,13 @@ from typing import Any
 from absl import app, flags
 import jax
 
-from clan_jax import user_errors
+from clan_jax.cli import program
 from clan_jax.inference import evaluate
 from clan_jax.inference.evaluate import NO_TTA
 
 flags.DEFINE_string('checkpoint', None, 'A train.py workdir (config.json, classes.json, '
                     'checkpoints/).', required=True)
-user_errors.define_config_file(
+program.define_config_file(
     'config', None, 'Optional config file whose data and evaluation fields '
     "replace the workdir's (see clan_jax/inference/evaluate.py); its model fields are ignored.",
     lock_config=True)
@@ -58,7 +58,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   overrides = None
-  config = user_errors.config_flag()
+  config = program.config_flag()
   if config is not None:
     overrides = {field: config[field] for field in evaluate.OVERRIDABLE_FIELDS if field in config}
   results = evaluate.evaluate(FLAGS.checkpoint, split=FLAGS.split, step=FLAGS.step,
@@ -73,4 +73,4 @@ def main(argv):
 
 if __name__ == '__main__':
   jax.config.config_with_absl()
-  user_errors.run(main)
+  program.run(main)

@@ -8,7 +8,7 @@ without this package is in `clan_jax.inference.export`, the library code.
 from absl import app, flags
 import jax
 
-from clan_jax import user_errors
+from clan_jax.cli import program
 from clan_jax.inference import export
 from clan_jax.workdir import trained_model
 
@@ -38,4 +38,4 @@ def main(argv):
 
 if __name__ == '__main__':
   jax.config.config_with_absl()
-  user_errors.run(main)
+  program.run(main)

@@ -13,7 +13,7 @@ import sys
 from absl import app, flags
 import jax
 
-from clan_jax import user_errors
+from clan_jax.cli import program
 from clan_jax.inference.predict import predict_files
 from clan_jax.workdir import trained_model
 
@@ -74,4 +74,4 @@ def main(argv):
 
 if __name__ == '__main__':
   jax.config.config_with_absl()
-  user_errors.run(main)
+  program.run(main)

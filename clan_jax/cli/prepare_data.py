@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 from absl import app, flags
 
-from clan_jax import user_errors
+from clan_jax.cli import program
 from clan_jax.data import prepare
 
 _DATASET = flags.DEFINE_enum('dataset', None, list(prepare.BUILDERS),
@@ -37,4 +37,4 @@ def main(argv: Sequence[str]) -> None:
 
 
 if __name__ == '__main__':
-  user_errors.run(main)
+  program.run(main)

@@ -1,4 +1,4 @@
-"""Ablation study: plain backbone, CLCA only, CLSA only and CLAN, on one config.
+"""Ablation study: plain backbone, mid block only, top block only and both, on one config.
 
 The command is `python -m clan_jax.cli.ablate`; its docstring gives the protocol.
 """
@@ -13,9 +13,14 @@ from absl import logging
 import ml_collections
 
 from clan_jax.experiments import ablation_report, source_pretraining
-from clan_jax.training import trainer
+from clan_jax.training import config_validation, trainer
+from clan_jax.workdir import compatibility
 
-VARIANTS = {  # name: (use_clca, use_clsa)
+# name: (config.model.use_mid_block, use_top_block). The names are those of
+# CLAN's default blocks (clca: the mid-level block only, clsa: the top-level
+# block only, clan: both), whatever blocks config.model.mid_block / top_block
+# name; study records are kept under them.
+VARIANTS = {
     'plain': (False, False),
     'clca': (True, False),
     'clsa': (False, True),
@@ -32,8 +37,9 @@ def run_config(base: ml_collections.ConfigDict, variant: str, seed: int,
 
   `validation_percent` applies when the base config holds out nothing.
   """
-  config = base.copy_and_resolve_references()
-  config.model.use_clca, config.model.use_clsa = VARIANTS[variant]
+  # A copy without old field names, which the switches set here would leave stale.
+  config = compatibility.without_old_names(base)
+  config.model.use_mid_block, config.model.use_top_block = VARIANTS[variant]
   config.seed = seed
   config.optim.learning_rate = learning_rate
   if not config.data.validation_percent:
@@ -99,7 +105,9 @@ def run_study(base: ml_collections.ConfigDict, root: str, *, variants: Sequence[
                    workdir)
       if not todo:  # the source backbone, only when something is left to train
         base = source_pretraining.apply(base)
-      todo[variant, rate, seed] = run_config(base, variant, seed, rate, validation_percent)
+      # Every run's config is checked here, before any run trains.
+      todo[variant, rate, seed] = config_validation.validate(
+          run_config(base, variant, seed, rate, validation_percent))
   if jobs == 1 or len(todo) < 2:
     for key, config in todo.items():
       runs[key] = run_once(config, plan[key])

@@ -30,7 +30,7 @@ from clan_jax.data import synthetic
 from clan_jax.models import torchvision_weights
 from clan_jax.training import config_validation, optimizer, trainer
 from clan_jax.user_errors import UserError
-from clan_jax.workdir import trained_model
+from clan_jax.workdir import compatibility, trained_model
 
 WEIGHTS_FILE = 'backbone.npz'
 CACHE_DIR = 'clan_synthetic_source_backbones'  # under the data directory
@@ -39,7 +39,8 @@ CACHE_DIR = 'clan_synthetic_source_backbones'  # under the data directory
 def source_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """The pretraining run: the plain backbone of `config` on the source task."""
   recipe = config.init.source_pretraining
-  source = config.copy_and_resolve_references()
+  # A copy without old field names, which the switches set below would leave stale.
+  source = compatibility.without_old_names(config)
   source.init.source_pretraining.enabled = False
   source.init.backbone_weights = None
   source.init.checkpoint = None
@@ -47,8 +48,8 @@ def source_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDic
   source.data.synthetic.num_classes = synthetic.SOURCE_CLASSES
   source.data.synthetic.train_per_class = recipe.train_per_class
   source.data.validation_percent = 0
-  source.model.use_clca = False
-  source.model.use_clsa = False
+  source.model.use_mid_block = False
+  source.model.use_top_block = False
   source.loss.branch_weights = ml_collections.ConfigDict({'top': 1.0})
   source.optim.learning_rate = recipe.learning_rate
   source.optim.new_layers_lr_multiplier = 1.0
@@ -97,16 +98,17 @@ def _save_backbone(workdir: str, path: str) -> None:
   os.replace(partial, path)  # a reader never sees half a file
 
 
-def apply(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+def apply(config: ml_collections.ConfigDict) -> config_validation.ValidConfig:
   """`config` initialised from its source backbone, pretrained first if not cached.
 
-  Validates `config` first. Returns `config` itself when
+  Validates `config` first, unless it is a ValidConfig already, and returns a
+  ValidConfig, which the trainer takes as checked: `config` itself when
   `config.init.source_pretraining.enabled` is False; otherwise a copy with the
   request replaced by its result: `init.backbone_weights` names the `.npz` and
   `source_pretraining.enabled` is False, so the run's config.json says which
   file it started from.
   """
-  config_validation.validate(config)
+  config = config_validation.validated(config)
   if not config.init.source_pretraining.enabled:
     return config
   directory = cache_dir(config)
@@ -128,5 +130,7 @@ def apply(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   resolved = config.copy_and_resolve_references()
   resolved.init.backbone_weights = path
   resolved.init.source_pretraining.enabled = False
-  return resolved
+  # Valid as `config` is, without a second check: validate allowed the request
+  # only as the sole init source, and the file that replaces it exists.
+  return config_validation.ValidConfig(resolved)
 

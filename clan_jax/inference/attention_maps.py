@@ -88,7 +88,7 @@ def compute(trained: trained_model.TrainedModel, images: Sequence[np.ndarray],
   drawn = _drawing_blocks(config.model)
   if not drawn:
     raise UserError('This model uses no block that draws attention maps '
-                    '(config.model.use_clca, config.model.use_clsa), so it has none.')
+                    '(config.model.use_mid_block, config.model.use_top_block), so it has none.')
   images = [np.asarray(image) for image in images]
   for image in images:
     if image.dtype != np.uint8 or image.ndim != 3 or image.shape[-1] != 3:
@@ -130,8 +130,8 @@ def compute(trained: trained_model.TrainedModel, images: Sequence[np.ndarray],
 
 def _drawing_blocks(model_config) -> list[str]:
   """The blocks the model uses that draw maps, top-level first."""
-  used = ([model_config.top_block] if model_config.use_clsa else []) + (
-      [model_config.mid_block] if model_config.use_clca else [])
+  used = ([model_config.top_block] if model_config.use_top_block else []) + (
+      [model_config.mid_block] if model_config.use_mid_block else [])
   return [name for name in used if blocks.registered()[name].attention_map is not None]
 
 

@@ -81,8 +81,8 @@ def evaluate(workdir: str, *, split: str | None = None, step: int | None = None,
         f'the {len(trained.class_names)} classes of {workdir}/{trained_model.CLASSES_FILE}: '
         'evaluate on the dataset the model was trained on (--config).')
 
-  branches = models.branch_names(config.model.mid_level_taps, config.model.use_clca,
-                                 config.model.use_clsa)
+  branches = models.branch_names(config.model.mid_level_taps, config.model.use_mid_block,
+                                 config.model.use_top_block)
   metrics_cls = steps.eval_metrics_collection(branches)
   state = train_state.eval_state(trained.model, trained.variables, trained.step)
   state_sharding = sharding.state_sharding(mesh, state)

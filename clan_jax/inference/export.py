@@ -76,8 +76,8 @@ def sidecar(trained: trained_model.TrainedModel, exported: jax_export.Exported
                           config.data.image_size, config.data.image_size, 3],
                 'dtype': 'float32', 'layout': 'NHWC, RGB, normalised'},
       'outputs': {'branches': {name: 'logits [B, K]' for name in models.branch_names(
-                      config.model.mid_level_taps, config.model.use_clca,
-                      config.model.use_clsa)},
+                      config.model.mid_level_taps, config.model.use_mid_block,
+                      config.model.use_top_block)},
                   'combined': ('mean of the branches\' softmax probabilities [B, K]'
                                if config.model.combine == 'mean_softmax'
                                else 'sum of the branches\' logits [B, K]')},

@@ -17,8 +17,8 @@ DTYPES = ('float32', 'bfloat16', 'float16')
 RULES = (
     rules.integer('backbone_width', 1),
     rules.boolean('zero_init_residual'),
-    rules.boolean('use_clca'),
-    rules.boolean('use_clsa'),
+    rules.boolean('use_mid_block'),
+    rules.boolean('use_top_block'),
     rules.choice('refined_top_merge', MERGE_MODES),
     rules.choice('combine', COMBINE_MODES),
     rules.choice('dtype', DTYPES),
@@ -71,8 +71,8 @@ def validate_model_config(m: ml_collections.ConfigDict) -> None:
   _choice(top_stage, spec.stage_names, 'top_stage')
   for tap in m.mid_level_taps:
     _choice(tap, spec.mid_level_stages(top_stage), 'mid_level_taps')
-  if m.use_clsa and not m.mid_level_taps:
-    raise UserError('config.model.use_clsa needs at least one config.model.mid_level_taps.')
+  if m.use_top_block and not m.mid_level_taps:
+    raise UserError('config.model.use_top_block needs at least one config.model.mid_level_taps.')
   for field, registry in (('mid_block', blocks.MID_LEVEL_BLOCKS),
                           ('top_block', blocks.TOP_LEVEL_BLOCKS)):
     name = m[field]
@@ -99,8 +99,8 @@ def create_model(m: ml_collections.ConfigDict, num_classes: int) -> CLAN:
       backbone_options=_backbone_options(m),
       top_stage=m.top_stage,
       mid_level_taps=tuple(m.mid_level_taps),
-      use_mid_block=m.use_clca,
-      use_top_block=m.use_clsa,
+      use_mid_block=m.use_mid_block,
+      use_top_block=m.use_top_block,
       mid_block=m.mid_block,
       top_block=m.top_block,
       mid_block_options=dict(m[m.mid_block]),

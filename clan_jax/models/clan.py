@@ -57,8 +57,8 @@ class CLAN(nn.Module):
     backbone_options: the backbone's own attributes (its spec's `options`).
     top_stage: the stage giving L_N; None: the backbone's default.
     mid_level_taps: stages giving the mid-level maps L_s.
-    use_mid_block, use_top_block: the ablation switches (config.model.use_clca,
-      config.model.use_clsa).
+    use_mid_block, use_top_block: the ablation switches (config.model.use_mid_block,
+      config.model.use_top_block).
     mid_block, top_block: names in models/blocks.py (choice: 'clca', 'clsa').
     mid_block_options, top_block_options: attributes of every such block.
     refined_top_merge: how per-scale top-level block outputs form L̂_N:

@@ -10,6 +10,10 @@ Each field has one rule, next to the code that owns it (clan_jax/config_rules.py
   CROSS_CHECKS: functions of the whole config, for what involves several fields.
 A field that a config lacks is reported too: a config written for an older
 version of clan_jax must be updated, not silently defaulted.
+
+A program validates its config once: `validate` returns a `ValidConfig`, frozen
+so that it stays valid, and the library's entry points (the trainer, the
+source pretraining) take one as checked (`validated`) and check anything else.
 """
 from collections.abc import Callable
 
@@ -89,8 +93,8 @@ def _check_model(config: ml_collections.ConfigDict) -> None:
 
 
 def _check_branch_weights(config: ml_collections.ConfigDict) -> None:
-  branches = models.branch_names(config.model.mid_level_taps, config.model.use_clca,
-                                 config.model.use_clsa)
+  branches = models.branch_names(config.model.mid_level_taps, config.model.use_mid_block,
+                                 config.model.use_top_block)
   # The default lists every branch a ResNet CLAN can have, at weight 1, so
   # that any of them can be set from the command line: only a weight set for
   # a branch this model lacks is an error.
@@ -140,8 +144,29 @@ CROSS_CHECKS: list[Callable[[ml_collections.ConfigDict], None]] = [
     input_pipeline.split_names, _check_accumulation, _check_init,
 ]
 
-def validate(config: ml_collections.ConfigDict) -> None:
-  """Raises a UserError naming the first field of `config` that is missing or not allowed."""
+
+class ValidConfig(ml_collections.FrozenConfigDict):
+  """A config that passed `validate`, frozen so that it cannot stop being valid.
+
+  Its copy (`copy_and_resolve_references`) is a plain, mutable ConfigDict: a
+  config derived from a valid one is validated anew.
+  """
+
+  def copy_and_resolve_references(self, visit_map=None) -> ml_collections.ConfigDict:
+    del visit_map  # a frozen config holds no references
+    # From the frozen fields: as_configdict() shares the groups of the config
+    # that was validated, which its owner may have changed since.
+    return ml_collections.ConfigDict(self.to_dict())
+
+
+def validate(config: ml_collections.ConfigDict) -> ValidConfig:
+  """`config`, frozen; raises a UserError naming its first field missing or not allowed."""
   check(FIELD_RULES, config)
   for check_config in CROSS_CHECKS:
     check_config(config)
+  return ValidConfig(config)
+
+
+def validated(config: ml_collections.ConfigDict) -> ValidConfig:
+  """`config` if `validate` made it, else `validate(config)`: each config is checked once."""
+  return config if isinstance(config, ValidConfig) else validate(config)

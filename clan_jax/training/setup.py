@@ -49,8 +49,8 @@ def create(config: ml_collections.ConfigDict, num_classes: int, mesh: Mesh, *,
       `initialization.initialize` for config.init.
   """
   model = models.create_model(config.model, num_classes)
-  branches = models.branch_names(config.model.mid_level_taps, config.model.use_clca,
-                                 config.model.use_clsa)
+  branches = models.branch_names(config.model.mid_level_taps, config.model.use_mid_block,
+                                 config.model.use_top_block)
   tx, learning_rate_fn = optimizer.create_optimizer(config, steps_per_epoch, total_steps)
   state = create_train_state(model, tx, jax.random.key(config.seed), config.data.image_size,
                              mesh, config.mesh.fsdp_min_size)

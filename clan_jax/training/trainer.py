@@ -4,7 +4,7 @@ import os
 from typing import Any
 
 from absl import logging
-from clu import metric_writers, periodic_actions
+from clu import metric_writers
 from flax import traverse_util
 import jax
 from jax.experimental import multihost_utils
@@ -13,10 +13,10 @@ import tensorflow as tf
 
 from clan_jax import sharding
 from clan_jax.data import input_pipeline
-from clan_jax.training import (config_validation, initialization, interrupts, nonfinite,
-                               setup, steps)
+from clan_jax.training import (config_validation, console, initialization, interrupts,
+                               nonfinite, setup, steps)
 from clan_jax.user_errors import UserError
-from clan_jax.workdir import checkpointing, lock, trained_model
+from clan_jax.workdir import checkpointing, compatibility, lock, trained_model
 
 
 def _dataset_builder(config: ml_collections.ConfigDict):
@@ -38,13 +38,20 @@ def _total_steps(config: ml_collections.ConfigDict, steps_per_epoch: int) -> int
   return max(1, int(math.ceil(config.num_epochs * steps_per_epoch)))
 
 
-def _format(results: dict[str, Any], keys: list[str]) -> str:
-  return ', '.join(f'{k}={results[k]:.4f}' for k in keys)
+def _summary_writer(workdir: str) -> metric_writers.MetricWriter:
+  """TensorBoard's writer in `workdir` on process 0, none on the others.
+
+  Not clu's default writer, whose LoggingWriter would put every metric on the
+  console: that holds `console`'s short lines.
+  """
+  if jax.process_index() > 0:
+    return metric_writers.MultiWriter([])
+  return metric_writers.AsyncMultiWriter([metric_writers.SummaryWriter(workdir)])
 
 
 def hparams(config: ml_collections.ConfigDict) -> dict[str, int | float | str | bool]:
   """Every field of `config` by its dotted name, as TensorBoard's hparams take them."""
-  flat = traverse_util.flatten_dict(config.to_dict(), sep='.')
+  flat = traverse_util.flatten_dict(compatibility.without_old_names(config).to_dict(), sep='.')
   return {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in flat.items()}
 
 
@@ -53,8 +60,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
   Checkpoints go to `workdir/checkpoints`, TensorBoard event files to `workdir`,
   and the config and class names to `workdir/config.json`, `classes.json`.
-  The config is checked before anything else (`config_validation`), and the
-  workdir is held for the run (`workdir_lock`).
+  The config is checked before anything else, unless `config_validation.validate`
+  made it (a ValidConfig), and the workdir is held for the run (`workdir_lock`).
 
   Resuming restores the newest readable checkpoint (`Checkpointer.
   restore_newest_readable`); the input pipeline restarts at its step, so the
@@ -74,7 +81,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       another model, an unreadable checkpoint that may not be skipped, or
       (nonfinite.NonFiniteError) a non-finite step that stops the run.
   """
-  config_validation.validate(config)
+  config = config_validation.validated(config)
   if config.init.source_pretraining.enabled:
     raise UserError('config.init.source_pretraining.enabled=True is a request that '
                     'clan_jax.experiments.source_pretraining.apply(config) turns into '
@@ -128,8 +135,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                                          sharding.batch_sharding(mesh))
     return steps.evaluate(eval_step, state, batches, eval_metrics_cls)
 
-  writer = metric_writers.create_default_writer(
-      workdir, just_logging=jax.process_index() > 0)
+  writer = _summary_writer(workdir)
   writer.write_hparams(hparams(config))
   logging.info('%s: %d classes, %d steps of %d images (%d per epoch), branches %s, '
                '%d devices.', config.data.dataset, num_classes, total_steps,
@@ -149,8 +155,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   train_batches = sharding.to_global_batches(
       input_pipeline.as_numpy(train_ds), sharding.batch_sharding(mesh),
       config.data.prefetch_batches)
-  report_progress = periodic_actions.ReportProgress(
-      num_train_steps=total_steps, writer=writer)
+  progress = console.Console(total_steps, config.data.batch_size, writer)
   guard = nonfinite.NonFiniteGuard(config, checkpointer)
   train_metrics = train_metrics_cls.empty()
   best_on_validation = {}
@@ -161,32 +166,32 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
           state, step_metrics = train_step(state, next(train_batches))
         guard.add(step, step_metrics)
         guard.check()
+        progress.step_done(step)
         train_metrics = train_metrics.merge(step_metrics)
-        report_progress(step)
         if step % config.log_every_steps == 0 or step == total_steps:
           guard.check(all_steps=True)
           train_results = train_metrics.compute()
           writer.write_scalars(step, {f'train/{k}': v for k, v in train_results.items()})
+          progress.train(step, train_results)
           train_metrics = train_metrics_cls.empty()
         # The last step always evaluates, so `eval_results` ends as the final one.
         if step % eval_every == 0 or step == total_steps:
-          with report_progress.timed('eval'):
+          with progress.paused():
             eval_results = run_eval(config.data.eval_split)
           writer.write_scalars(step, {f'eval/{k}': v for k, v in eval_results.items()})
-          logging.info('eval at step %d: %s', step,
-                       _format(eval_results, ['top1_combined', 'top5_combined', 'loss']))
+          top1 = {config.data.eval_split: eval_results['top1_combined']}
           if validation_split:
-            with report_progress.timed('eval'):
+            with progress.paused():
               validation = run_eval(validation_split)
             writer.write_scalars(step, {f'validation/{k}': v for k, v in validation.items()})
-            logging.info('validation at step %d: %s', step,
-                         _format(validation, ['top1_combined', 'top5_combined', 'loss']))
+            top1['validation'] = validation['top1_combined']
             if validation['top1_combined'] > best_on_validation.get(
                 'best_validation_top1_combined', -1.0):
               best_on_validation = {
                   'best_validation_step': step,
                   'best_validation_top1_combined': validation['top1_combined'],
                   'test_top1_combined_at_best_validation': eval_results['top1_combined']}
+          progress.evaluation(step, top1)
         preempted = checkpointer.reached_preemption(step)
         stop = stop_requests.requested or ('a preemption notice' if preempted else None)
         if stop or step == total_steps or step % config.checkpoint.every_steps == 0:

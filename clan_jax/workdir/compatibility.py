@@ -1,7 +1,8 @@
 """Configs written by older versions of clan_jax, read as today's.
 
 Every difference between an older workdir's config.json and today's config is
-here: the flat names from before the config was grouped, the model fields
+here: the flat names from before the config was grouped, fields that were
+renamed (whose old names the command line still takes), the model fields
 added since (each block declares its own, models/block_spec.py), and values
 that were renamed.
 """
@@ -26,6 +27,17 @@ FLAT_FIELDS = {
     'checkpoint_every_steps': 'checkpoint.every_steps',
     'keep_checkpoints': 'checkpoint.keep',
     'checkpoint_fallback': 'checkpoint.fallback',
+}
+
+# Fields renamed since: old dotted name -> today's. configs/base.py keeps each
+# old name as an alias of today's field (a shared FieldReference), so that
+# older command lines still run; what the programs check, write, log and
+# compare has today's names only (`without_old_names`).
+RENAMED_FIELDS = {
+    # The ablation switches, named after CLCA and CLSA before any block could
+    # be configured: they switch whichever mid_block / top_block names.
+    'model.use_clca': 'model.use_mid_block',
+    'model.use_clsa': 'model.use_top_block',
 }
 
 # Fields of config.model added after workdirs were first written, with the
@@ -60,6 +72,13 @@ def upgrade(config: dict[str, Any]) -> ml_collections.ConfigDict:
       group, name = new.split('.')
       config.setdefault(group, {})[name] = config.pop(old)
   config = ml_collections.ConfigDict(config)
+  for old, new in RENAMED_FIELDS.items():
+    group, name = _group(config, old)
+    if group is not None and name in group:
+      new_group, new_name = _group(config, new)
+      if new_name not in new_group:  # where a config has both, today's name holds the value
+        new_group[new_name] = group[name]
+  config = without_old_names(config)
   for field, default in added_model_fields().items():
     group, name = _group(config.model, field)
     if group is not None and name not in group:
@@ -71,12 +90,24 @@ def upgrade(config: dict[str, Any]) -> ml_collections.ConfigDict:
   return config
 
 
-def _group(model: ml_collections.ConfigDict, field: str
+def without_old_names(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """A copy of `config` without the old names of RENAMED_FIELDS: the config a
+  program writes, logs and compares, each field once."""
+  config = config.copy_and_resolve_references()
+  with config.unlocked():
+    for old in RENAMED_FIELDS:
+      group, name = _group(config, old)
+      if group is not None and name in group:
+        del group[name]
+  return config
+
+
+def _group(config: ml_collections.ConfigDict, field: str
            ) -> tuple[ml_collections.ConfigDict | None, str]:
-  """(the group holding dotted `field` of config.model, or None if the config lacks
+  """(the group holding dotted `field` of `config`, or None if the config lacks
   the group: that of a block the workdir does not use; the field's last name)."""
   *path, name = field.split('.')
-  group = model
+  group = config
   for key in path:
     if key not in group:
       return None, name

@@ -57,7 +57,7 @@ def save_run_info(workdir: str, config: ml_collections.ConfigDict,
     return
   tf.io.gfile.makedirs(workdir)
   with tf.io.gfile.GFile(os.path.join(workdir, CONFIG_FILE), 'w') as f:
-    f.write(config.to_json_best_effort(indent=2))
+    f.write(compatibility.without_old_names(config).to_json_best_effort(indent=2))
   with tf.io.gfile.GFile(os.path.join(workdir, CLASSES_FILE), 'w') as f:
     json.dump(list(class_names), f, indent=1)
 
@@ -73,7 +73,7 @@ def check_same_model(workdir: str, config: ml_collections.ConfigDict) -> None:
     return
   stored, current = (
       traverse_util.flatten_dict(json.loads(c.to_json_best_effort()), sep='.')
-      for c in (load_config(workdir), config))
+      for c in (load_config(workdir), compatibility.without_old_names(config)))
   compute_only = compute_only_fields()
   # The options of a block that the model does not use do not change it.
   unused = tuple(f'model.{name}.' for name in blocks.registered()
