@@ -15,6 +15,7 @@ import optax
 import pytest
 
 from clan_jax import models
+from clan_jax.training import optimizer as optimizer_lib
 from clan_jax.training.losses import clan_loss
 from configs import test as test_config
 
@@ -123,11 +124,8 @@ def test_one_nnx_training_step_equals_the_linen_step(readme_run):
   before = _perturbed(_linen_variables(model), seed=2)
   _set_linen_variables(model, before)
   batch = _batch(seed=3)
-  # SGD with momentum and weight decay, as config.optim. (The project's
-  # create_optimizer labels the parameters with a dict, which does not match
-  # the nnx.State that nnx.Optimizer hands to optax.)
-  tx = optax.chain(optax.add_decayed_weights(config.optim.weight_decay),
-                   optax.sgd(config.optim.learning_rate, momentum=config.optim.momentum))
+  # The project's optimizer: the backbone and the new layers at their own rates.
+  tx, _ = optimizer_lib.create_optimizer(config, steps_per_epoch=10, total_steps=100)
   loss = lambda branches, labels: clan_loss(branches, labels, branch_weights={})[0]
 
   optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)

@@ -31,11 +31,15 @@ def _sgd(config: ml_collections.ConfigDict, learning_rate: optax.Schedule
   return optax.chain(*steps, optax.scale_by_learning_rate(learning_rate))
 
 
-def param_labels(params) -> dict:
-  """'backbone' for the ResNet's parameters, 'new_layers' for CLCA, CLSA, heads."""
-  return {name: jax.tree.map(lambda _: BACKBONE if name == BACKBONE else NEW_LAYERS,
-                             subtree)
-          for name, subtree in params.items()}
+def param_labels(params):
+  """'backbone' for the backbone's parameters, 'new_layers' for the blocks and heads.
+
+  The labels keep the containers of `params`, so that optax also matches them
+  against an nnx.State (flax.nnx.Optimizer), not only a dict.
+  """
+  def label(path, _):
+    return BACKBONE if getattr(path[0], 'key', None) == BACKBONE else NEW_LAYERS
+  return jax.tree_util.tree_map_with_path(label, params)
 
 
 def create_optimizer(config: ml_collections.ConfigDict, steps_per_epoch: int,
