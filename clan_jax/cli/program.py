@@ -14,7 +14,7 @@ traceback.
   if __name__ == '__main__':
     program.run(main)
 """
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 import os
 import sys
 from typing import Any, NoReturn
@@ -24,6 +24,7 @@ from ml_collections import config_flags
 
 from clan_jax.cli import quiet  # first, before anything imports TensorFlow
 from clan_jax.user_errors import UserError
+from clan_jax.workdir import compatibility
 
 EXIT_STATUS = 2
 
@@ -66,46 +67,14 @@ def _is_config_flag(flag: flags.Flag) -> bool:
   return True
 
 
-def _load_config_file(name: str, path: str) -> Any:
-  """The config that `--<name>=<path>` gives, overrides aside.
-
-  A config file's load error is raised (an OSError) when the config is first used.
-  """
-  scratch = flags.FlagValues()
-  config_flags.DEFINE_config_file(name, path, flag_values=scratch, sys_argv=[name])
-  return scratch[name].value
-
-
-def _grouped_field_hint(message: str, name: str, default: Any,
-                        argv: Sequence[str]) -> str:
+def _grouped_field_hint(message: str, name: str) -> str:
   """' Did you mean --config.<group>.<field>?' when the unknown field of `message`
-  is one the config holds in a group (a flat name from before the grouping).
-
-  The config is the file of `--<name>=` in `argv`, else `default`: a file's
-  path or an already loaded ConfigDict.
-  """
+  is a flat name from before the config was grouped (workdir/compatibility.py)."""
   unknown = message.split("'")
   if len(unknown) < 3 or 'Did you mean' in message:
     return ''
-  config = default
-  for arg in argv:
-    if arg.startswith(f'--{name}='):
-      config = arg.split('=', 1)[1]
-  try:
-    if isinstance(config, str):
-      config = _load_config_file(name, config)
-    found = sorted(p for p, _ in _leaves(config) if p.split('.')[-1] == unknown[1])
-  except (OSError, ImportError, SyntaxError, *FLAG_ERRORS):
-    return ''  # the config file's own error is reported where it is used
-  return (' Did you mean ' + ' or '.join(f'--{name}.{p}' for p in found) + '?') if found else ''
-
-
-def _leaves(config: Any, prefix: str = '') -> Iterator[tuple[str, Any]]:
-  """(dotted path, value) of every field of a ConfigDict, groups included."""
-  for key, value in config.items():
-    yield prefix + key, value
-    if hasattr(value, 'items'):
-      yield from _leaves(value, f'{prefix}{key}.')
+  path = compatibility.FLAT_FIELDS.get(unknown[1])
+  return f' Did you mean --{name}.{path}?' if path else ''
 
 
 def parse_flags(argv: Sequence[str], flag_values: flags.FlagValues = flags.FLAGS
@@ -121,7 +90,7 @@ def parse_flags(argv: Sequence[str], flag_values: flags.FlagValues = flags.FLAGS
     message = flag_error_message(e)
     for flag in flag_values:
       if _is_config_flag(flag_values[flag]):
-        message += _grouped_field_hint(message, flag, flag_values[flag].default, argv)
+        message += _grouped_field_hint(message, flag)
     raise UserError(message) from e
   except OSError as e:
     # A config file that failed to load, met by one of its overrides.
@@ -146,8 +115,7 @@ def define_config_file(name: str, default: str | None, help_string: str, *,
                                     sys_argv=sys_argv, **kwargs)
   except FLAG_ERRORS as e:
     message = flag_error_message(e)
-    fail(message + _grouped_field_hint(message, name, default,
-                                       sys.argv if sys_argv is None else sys_argv))
+    fail(message + _grouped_field_hint(message, name))
 
 
 def _parse_flags(argv: Sequence[str]) -> list[str]:

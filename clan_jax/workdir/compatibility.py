@@ -13,7 +13,8 @@ import ml_collections
 from clan_jax.models import blocks
 
 # Where the fields of the first, flat config.json went when the config was
-# grouped: old top-level name -> its dotted path now.
+# grouped: old top-level name -> its dotted path now. The programs also name
+# the new path when such a flat name is given on the command line.
 FLAT_FIELDS = {
     **{name: f'data.{name}' for name in (
         'dataset', 'data_dir', 'train_split', 'eval_split', 'validation_percent',
