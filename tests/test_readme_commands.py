@@ -99,10 +99,12 @@ def test_every_readme_train_command_runs(data_dir, tmp_path):
 
 
 @pytest.mark.parametrize('argv', readme_commands('-m clan_jax.cli.ablate'))
-def test_readme_ablation_command_runs(argv, data_dir, tmp_path):
+def test_readme_ablation_command_runs(argv, tmp_path):
+  # Two runs at a time, on a data directory of its own: the workers must not
+  # both prepare the missing dataset.
   argv = _localise(argv, tmp_path) + TINY + [
-      f'--config.data.data_dir={data_dir}', '--variants=plain,clan', '--seeds=0,1',
-      '--learning_rates=0.05,0.1', '--config.eval_every_epochs=1']
+      f'--config.data.data_dir={tmp_path / "data"}', '--variants=plain,clan', '--seeds=0,1',
+      '--learning_rates=0.05,0.1', '--config.eval_every_epochs=1', '--jobs=2']
   if not any(a.startswith('--workdir') for a in argv):
     argv.append(f'--workdir={tmp_path / "ablation"}')
   command = [sys.executable, '-m', 'clan_jax.cli.ablate', *argv]

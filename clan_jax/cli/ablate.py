@@ -1,7 +1,7 @@
 """Ablation study: plain backbone, mid block only, top block only and both, on one config.
 
   python -m clan_jax.cli.ablate --config=configs/default.py \
-    --variants=plain,clca,clsa,clan --seeds=0,1,2,3,4 --jobs=2 \
+    --variants=plain,clca,clsa,clan --seeds=0,1,2,3,4 \
     --workdir=workdirs/ablation
 
 The variants switch the blocks that config.model.mid_block and top_block

@@ -12,6 +12,7 @@ import time
 from absl import logging
 import ml_collections
 
+from clan_jax.data import input_pipeline
 from clan_jax.experiments import ablation_report, source_pretraining
 from clan_jax.training import config_validation, trainer
 from clan_jax.workdir import compatibility
@@ -113,6 +114,10 @@ def run_study(base: ml_collections.ConfigDict, root: str, *, variants: Sequence[
       runs[key] = run_once(config, plan[key])
       _log_finished(key, runs[key])
   else:
+    # Workers that each found the dataset missing would prepare it at once,
+    # into the same directory, and all but one would fail: prepare it here.
+    # The runs differ in model, seed and rate only, so they share one dataset.
+    input_pipeline.get_dataset_builder(next(iter(todo.values())))
     # 'spawn': a forked child would inherit this process's JAX runtime threads.
     with futures.ProcessPoolExecutor(
         min(jobs, len(todo)), mp_context=multiprocessing.get_context('spawn')) as pool:
