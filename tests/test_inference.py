@@ -11,7 +11,7 @@ import numpy as np
 from PIL import Image
 import pytest
 
-from clan_jax.inference import attention_maps, predict
+from clan_jax.inference import attention_maps, predict, visualization
 from clan_jax.workdir import compatibility, trained_model
 from clan_jax.data import input_pipeline, synthetic
 from clan_jax.inference.evaluate import evaluate
@@ -236,7 +236,8 @@ def test_predict_command_reports_bad_files_and_writes_attention_maps(trained, tm
                      for tap in ('layer2', 'layer3')]
   for name in written:
     with Image.open(tmp_path / 'attention' / name) as image:
-      assert image.size == (48, 40)
+      # The 48 x 40 overlay, under its title and beside its colour bar.
+      assert image.width > 48 and image.height > 40
 
 
 def test_attention_maps_are_the_models(trained, tmp_path):
@@ -273,17 +274,96 @@ def test_attention_maps_are_the_models(trained, tmp_path):
     np.testing.assert_allclose(maps.blocks['clca'][tap].ravel() @ value.reshape(-1, depth),
                                attended, rtol=1e-4, atol=1e-5)
 
-  paths = attention_maps.save(maps, str(tmp_path), 'bird')
-  assert len(paths) == 4
-  for path in paths:
-    with Image.open(path) as picture:
-      assert picture.size == (64, 72)
   pictures = attention_maps.overlays(maps)
+  assert all(picture.shape == (72, 64, 3) for picture in pictures.values())
   # Left of the crop box, the image is only dimmed.
   np.testing.assert_array_equal(pictures['clsa_layer2'][:, 0],
                                 np.round(0.4 * image[:, 0]).astype(np.uint8))
   with pytest.raises(ValueError, match='outside the part of the 64x72 image that the model sees'):
     attention_maps.compute(model, [image], [(0.5, 0.5)])
+
+
+@pytest.fixture(scope='module')
+def two_birds_maps(trained):
+  """The attention maps of two birds, 72 x 64 and 56 x 56, the first with its query off-centre."""
+  workdir, _ = trained
+  model = trained_model.load(workdir)
+  images = [synthetic.render_bird(synthetic.species(3), np.random.default_rng(2), 72)[:, :64],
+            synthetic.render_bird(synthetic.species(1), np.random.default_rng(5), 56)]
+  return attention_maps.compute(model, images, [(20.25, 40), None])
+
+
+def test_saved_attention_pictures_are_the_overlays_labelled(two_birds_maps, tmp_path):
+  maps = two_birds_maps[0]
+  assert attention_maps.titles(maps) == {
+      'clsa_layer2': 'CLSA M_s · layer2', 'clsa_layer3': 'CLSA M_s · layer3',
+      'clca_layer2': 'CLCA · layer2 · query (20.2, 40)',
+      'clca_layer3': 'CLCA · layer3 · query (20.2, 40)'}
+  bare = attention_maps.overlays(maps)
+  labelled = attention_maps.labelled_overlays(maps)
+  assert list(labelled) == list(bare)
+  paths = attention_maps.save(maps, str(tmp_path), 'bird')
+  assert paths == [str(tmp_path / f'bird_{key}.png') for key in labelled]
+  grids = {f'{name}_{tap}': grid for name, tap_maps in maps.blocks.items()
+           for tap, grid in tap_maps.items()}
+  strips = {}
+  for key, path in zip(labelled, paths):
+    with Image.open(path) as saved:
+      np.testing.assert_array_equal(np.asarray(saved), labelled[key])
+    picture, grid = labelled[key], grids[key]
+    # The title strip above the overlay, the colour bar to its right.
+    top = picture.shape[0] - 72
+    assert top > 0 and picture.shape[1] > 64
+    np.testing.assert_array_equal(picture[top:, :64], bare[key])
+    bar = visualization.colorbar(72, float(grid.min()), float(grid.max()))
+    np.testing.assert_array_equal(picture[top:, 64:64 + bar.shape[1]], bar)
+    strip = picture[:top]
+    assert (strip.min(axis=-1) < 128).any() and (strip == 255).any()  # ink on white
+    strips[key] = strip
+  # Each title names its own block and tap.
+  assert len({strip.tobytes() for strip in strips.values()}) == 4
+
+
+def test_colour_bar_runs_through_viridis_and_names_its_ends():
+  bar = visualization.colorbar(50, 0.012, 0.093)
+  assert bar.shape[0] == 50 and bar.shape[2] == 3
+  # One column of the bar is the colormap from 1 (top row) down to 0 (bottom).
+  ramp = visualization.colorize(np.linspace(1, 0, 50))
+  columns = [c for c in range(bar.shape[1]) if np.array_equal(bar[:, c], ramp)]
+  assert columns and columns == list(range(columns[0], columns[-1] + 1))
+  np.testing.assert_array_equal(bar[0, columns[0]], (253, 231, 37))  # viridis' yellow
+  np.testing.assert_array_equal(bar[-1, columns[0]], (68, 1, 84))  # and its dark blue
+  labels = bar[:, columns[-1] + 1:]
+  assert (labels.min(axis=-1) < 128)[:15].any() and (labels.min(axis=-1) < 128)[-15:].any()
+  assert visualization.scale_labels(0.012, 0.093) == ('0.012', '0.093')
+  # More digits only where fewer would print both ends alike.
+  assert visualization.scale_labels(0.50012, 0.50034) == ('0.5001', '0.5003')
+  assert visualization.scale_labels(0.50012, 0.50014) == ('0.50012', '0.50014')
+  assert visualization.scale_labels(0.5, 0.5) == ('0.5', '0.5')
+  # A picture shorter than two lines of text still gets both labels.
+  assert visualization.colorbar(8, 0.0, 1.0).shape[0] > 8
+
+
+def test_attention_panel_lays_out_each_image_and_its_labelled_pictures(two_birds_maps):
+  panel = attention_maps.panel(two_birds_maps)
+  assert panel.dtype == np.uint8 and panel.ndim == 3 and panel.shape[2] == 3
+  # One image's panel is its row of the panel of several.
+  first = attention_maps.panel(two_birds_maps[0])
+  np.testing.assert_array_equal(panel[:first.shape[0], :first.shape[1]], first)
+  top = 0
+  for maps in two_birds_maps:
+    image = visualization.labelled(maps.image, 'image')
+    pictures = [image, *attention_maps.labelled_overlays(maps).values()]
+    left = 0
+    for picture in pictures:
+      height, width = picture.shape[:2]
+      np.testing.assert_array_equal(panel[top:top + height, left:left + width], picture)
+      left += width + attention_maps._PANEL_GAP
+    # The original image, as given, under its title.
+    strip = image.shape[0] - maps.image.shape[0]
+    np.testing.assert_array_equal(image[strip:, :maps.image.shape[1]], maps.image)
+    top += max(picture.shape[0] for picture in pictures) + attention_maps._PANEL_GAP
+  assert panel.shape[0] == top - attention_maps._PANEL_GAP
 
 
 def test_exported_model_runs_without_the_package(trained, tmp_path):

@@ -12,14 +12,19 @@ tap (e.g. 'layer2', stride 8, and 'layer3', stride 16). The paper's blocks:
 All live on the mid-level grid [H_s, W_s] of the model's input, the centre
 crop of the resized image. Overlays put them back on the whole image: upsampled
 bilinearly onto the part of the image the crop covers, which is coloured; the
-rest of the image, which the model does not see, is dimmed.
+rest of the image, which the model does not see, is dimmed. Labelled overlays
+(what `save` and `panel` draw) add a title, block, tap and query point, and a
+colour bar from the map's lowest to its highest value.
 
   trained = trained_model.load('workdirs/default')
   image = input_pipeline.read_image('bird.png')          # uint8 [H, W, 3]
   (maps,) = attention_maps.compute(trained, [image], query_points=[(60, 40)])
   maps.blocks['clsa']['layer2'], maps.blocks['clca']['layer2']  # float32 [H_s, W_s]
   pictures = attention_maps.overlays(maps)               # {'clsa_layer2': uint8 [H, W, 3], ...}
-  attention_maps.save(maps, '/tmp/attention', 'bird')    # one PNG per picture
+  attention_maps.titles(maps)              # {'clca_layer2': 'CLCA · layer2 · query (60, 40)', ...}
+  attention_maps.labelled_overlays(maps)   # {'clsa_layer2': uint8 [H', W', 3], ...}
+  attention_maps.panel(maps)               # uint8 [H', W'', 3]: the image and all its pictures
+  attention_maps.save(maps, '/tmp/attention', 'bird')    # one labelled PNG per picture
 """
 from collections.abc import Sequence
 import dataclasses
@@ -39,6 +44,9 @@ from clan_jax.user_errors import UserError
 from clan_jax.workdir import trained_model
 
 Point = tuple[float, float]
+
+# Pixels between the pictures of a panel, and between its rows.
+_PANEL_GAP = 6
 
 
 @dataclasses.dataclass(frozen=True)
@@ -164,6 +172,8 @@ def overlays(maps: AttentionMaps, *, alpha: float = 0.5) -> dict[str, np.ndarray
   Each map is min-max scaled to the full colormap (viridis: dark blue for its
   lowest value, yellow for its highest), upsampled bilinearly onto the crop
   box and alpha-blended; the pictures of maps with a query mark its point.
+  These are bare, each the size of the image; `labelled_overlays` names them
+  and adds colour bars.
   """
   pictures = {}
   for name, tap_maps in maps.blocks.items():
@@ -177,12 +187,74 @@ def overlays(maps: AttentionMaps, *, alpha: float = 0.5) -> dict[str, np.ndarray
   return pictures
 
 
+def titles(maps: AttentionMaps) -> dict[str, str]:
+  """The title of each picture of `overlays`, keyed alike.
+
+  E.g. {'clsa_layer2': 'CLSA M_s · layer2', 'clca_layer3': 'CLCA · layer3 ·
+  query (60, 40)'}: the block (its map), the tap and, for maps with a query,
+  its (x, y) in image pixels.
+  """
+  out = {}
+  for name, tap_maps in maps.blocks.items():
+    for tap in tap_maps:
+      parts = [blocks.registered()[name].map_title or name.upper(), tap]
+      if tap in maps.query_cells.get(name, {}):
+        x, y = (f'{round(v, 1):g}' for v in maps.query_point)
+        parts.append(f'query ({x}, {y})')
+      out[f'{name}_{tap}'] = ' · '.join(parts)
+  return out
+
+
+def labelled_overlays(maps: AttentionMaps, *, alpha: float = 0.5) -> dict[str, np.ndarray]:
+  """Each picture of `overlays` under its title (`titles`), beside its colour bar.
+
+  The bar runs from the map's lowest value (bottom, dark blue) to its highest
+  (top, yellow), the two ends of the min-max scaled colormap, labelled with
+  these values.
+
+  Returns:
+    {'<block>_<tap>': uint8 RGB [T + H', W', 3]} (`visualization.labelled`):
+    the title strip in rows 0 to T - 1, the overlay [H, W, 3] below it at
+    columns 0 to W - 1, the colour bar to its right (H' >= H, W' > W).
+  """
+  names = titles(maps)
+  pictures = overlays(maps, alpha=alpha)
+  return {key: visualization.labelled(pictures[key], names[key],
+                                      (float(grid.min()), float(grid.max())))
+          for key, grid in _keyed(maps).items()}
+
+
+def _keyed(maps: AttentionMaps) -> dict[str, np.ndarray]:
+  """{'<block>_<tap>': its map}, in the order of `maps.blocks`."""
+  return {f'{name}_{tap}': grid for name, tap_maps in maps.blocks.items()
+          for tap, grid in tap_maps.items()}
+
+
+def panel(maps: AttentionMaps | Sequence[AttentionMaps], *, alpha: float = 0.5
+          ) -> np.ndarray:
+  """One row per image: the image (titled 'image'), then its labelled overlays.
+
+  Args:
+    maps: those of one image, or of several, one row each, top to bottom.
+    alpha: opacity of the colormap (`overlays`).
+
+  Returns:
+    uint8 RGB [rows' heights + gaps, the widest row's width, 3] on white; the
+    pictures of a row are top-aligned, in the order of `overlays`.
+  """
+  rows = [visualization.row(
+      [visualization.labelled(image_maps.image, 'image'),
+       *labelled_overlays(image_maps, alpha=alpha).values()], gap=_PANEL_GAP)
+          for image_maps in ([maps] if isinstance(maps, AttentionMaps) else maps)]
+  return visualization.column(rows, gap=_PANEL_GAP)
+
+
 def save(maps: AttentionMaps, out_dir: str, stem: str, *, alpha: float = 0.5
          ) -> list[str]:
-  """Writes each overlay as `out_dir/<stem>_<block>_<tap>.png`; returns the paths."""
+  """Writes each labelled overlay as `out_dir/<stem>_<block>_<tap>.png`; returns the paths."""
   os.makedirs(out_dir, exist_ok=True)
   paths = []
-  for name, picture in overlays(maps, alpha=alpha).items():
+  for name, picture in labelled_overlays(maps, alpha=alpha).items():
     path = os.path.join(out_dir, f'{stem}_{name}.png')
     Image.fromarray(picture).save(path)
     paths.append(path)

@@ -32,6 +32,8 @@ class BlockSpec:
       per image) -> (maps float32 [B, H_s, W_s], the query's (row, column) on
       that grid per image, or None when the map has no query); None: the block
       draws no map.
+    map_title: how attention pictures name its map; None: the registry name
+      in capitals.
     compute_only_fields: options that change how it computes, not its
       variables: a run may resume with others.
     added_fields: options added since workdirs were first written, with the
@@ -45,6 +47,7 @@ class BlockSpec:
   diagnostics: Callable[[Mapping[str, Any], Mapping[str, Any]], dict[str, Any]] | None = None
   attention_map: Callable[[Mapping[str, Any], Mapping[str, Any], Sequence[Fraction]],
                           tuple[Any, list[tuple[int, int]] | None]] | None = None
+  map_title: str | None = None
   compute_only_fields: Sequence[str] = ()
   added_fields: Mapping[str, Any] = dataclasses.field(default_factory=dict)
   renamed_values: Mapping[str, Mapping[Any, Any]] = dataclasses.field(default_factory=dict)

@@ -107,6 +107,7 @@ SPEC = BlockSpec(
     diagnostic_names=('gate_mean', 'gate_std'),
     diagnostics=_diagnostics,
     attention_map=_attention_map,
+    map_title='CLSA M_s',
     # The gate had no norm before 'norm' was added.
     added_fields={'norm': 'none'},
 )
