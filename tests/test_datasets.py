@@ -1,15 +1,13 @@
 """Tests of the CUB-200-2011, Stanford Cars and FGVC-Aircraft builders.
 
-Each dataset is built from a tiny copy that the tests write in the official
-formats: a few classes, a few flat-coloured images per split, of varied sizes
-and kinds (RGB, grayscale and CMYK JPEGs, a PNG named .jpg).
+Each dataset is built from a tiny copy in the official formats
+(`tests/fake_datasets.py`).
 """
 import collections
 import dataclasses
 import io
 import pathlib
 import re
-import tarfile
 import tempfile
 
 import pytest
@@ -19,7 +17,6 @@ tfds = pytest.importorskip('tensorflow_datasets')
 
 import numpy as np  # pylint: disable=g-import-not-at-top
 import PIL.Image
-import scipy.io
 
 from clan_jax.data import builder_utils
 from clan_jax.data import cub as cub_builder
@@ -28,270 +25,14 @@ from clan_jax.data import input_pipeline
 from clan_jax.data import prepare
 from clan_jax.data import stanford_cars
 from configs import test as test_config
-
-# (width, height, PIL mode, file format): every kind of file the real datasets
-# hold, in turn. Heights exceed FGVC-Aircraft's 20-pixel banner.
-_KINDS = ((48, 36, 'RGB', 'JPEG'), (30, 44, 'L', 'JPEG'),
-          (40, 40, 'CMYK', 'JPEG'), (36, 30, 'RGB', 'PNG'))
-
-
-@dataclasses.dataclass
-class Item:
-  """One image of a tiny dataset and what its example must hold."""
-  id: str
-  splits: tuple[str, ...]
-  label: int
-  width: int
-  height: int
-  mode: str
-  format: str
-  colour: tuple[int, int, int]
-  box: tuple[float, float, float, float]  # xmin, ymin, xmax, ymax: pixel edges
-
-  def encoded(self, banner: int = 0) -> bytes:
-    """The image file: flat colour, its bottom `banner` rows white."""
-    pixels = np.empty((self.height, self.width, 3), np.uint8)
-    pixels[:] = self.colour
-    pixels[self.height - banner:] = 255
-    image = PIL.Image.fromarray(pixels)
-    image = image.convert(self.mode) if self.mode != 'RGB' else image
-    buffer = io.BytesIO()
-    image.save(buffer, format=self.format, quality=95)
-    return buffer.getvalue()
-
-
-def _items(ids: list[str], splits: list[tuple[str, ...]],
-           labels: list[int]) -> list[Item]:
-  items = []
-  for index, (item_id, item_splits, label) in enumerate(zip(ids, splits,
-                                                            labels)):
-    width, height, mode, fmt = _KINDS[index % len(_KINDS)]
-    grey = mode == 'L'
-    colour = (120, 120, 120) if grey else (40 + 15 * index, 180, 90)
-    # The first box extends past the image's right and bottom edges.
-    box = ((4.0, 6.0, width + 9.0, height + 5.0) if index == 0 else
-           (2.0 + index, 3.0, width - 5.0, height - 4.0))
-    items.append(Item(item_id, item_splits, label, width, height, mode, fmt,
-                      colour, box))
-  return items
-
-
-def _tar(directory: pathlib.Path, archive: pathlib.Path, *names: str) -> None:
-  """Archives directory/name for each name, as the official archives do."""
-  with tarfile.open(archive, 'w:gz') as tar:
-    for name in names:
-      tar.add(directory / name, arcname=name)
-
-
-# ---------------------------------------------------------------- CUB-200-2011
-
-_CUB_CLASSES = ('001.Black_footed_Albatross', '002.Laysan_Albatross',
-                '003.Sooty_Albatross')
-
-
-def _cub_items() -> list[Item]:
-  # Per class: two training images and one test image.
-  labels = [label for label in range(3) for _ in range(3)]
-  ids = [f'{_CUB_CLASSES[label]}/{_CUB_CLASSES[label][4:]}_{i:04d}_{i}.jpg'
-         for i, label in enumerate(labels)]
-  splits = [('test',) if i % 3 == 2 else ('train',) for i in range(9)]
-  return _items(ids, splits, labels)
-
-
-def _write_cub(manual_dir: pathlib.Path, *, archive: bool) -> list[Item]:
-  """CUB_200_2011/ as in CUB_200_2011.tgz, or that archive (ids 1-based)."""
-  items = _cub_items()
-  root = manual_dir / 'CUB_200_2011'
-  for item in items:
-    path = root / 'images' / item.id
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(item.encoded())
-
-  def write(name: str, lines) -> None:
-    (root / name).write_text(''.join(f'{line}\n' for line in lines))
-
-  write('classes.txt', (f'{i} {name}' for i, name in
-                        enumerate(_CUB_CLASSES, start=1)))
-  write('images.txt', (f'{i} {item.id}' for i, item in
-                       enumerate(items, start=1)))
-  write('image_class_labels.txt', (f'{i} {item.label + 1}' for i, item in
-                                   enumerate(items, start=1)))
-  write('train_test_split.txt', (f'{i} {int(item.splits == ("train",))}'
-                                 for i, item in enumerate(items, start=1)))
-  # x, y, width, height.
-  write('bounding_boxes.txt', (
-      f'{i} {x0:.1f} {y0:.1f} {x1 - x0:.1f} {y1 - y0:.1f}'
-      for i, (x0, y0, x1, y1) in enumerate((item.box for item in items),
-                                           start=1)))
-  if archive:
-    (manual_dir / 'attributes.txt').write_text('1 has_bill_shape::curved\n')
-    _tar(manual_dir, manual_dir / 'CUB_200_2011.tgz', 'CUB_200_2011',
-         'attributes.txt')
-    for path in sorted(root.rglob('*'), reverse=True):
-      path.rmdir() if path.is_dir() else path.unlink()
-    root.rmdir()
-    (manual_dir / 'attributes.txt').unlink()
-  return items
-
-
-# ---------------------------------------------------------------- FGVC-Aircraft
-
-# Real variant names: spaces and slashes included.
-_VARIANTS = ('707-320', 'Cessna 172', 'F-16A/B', 'F/A-18')
-
-
-def _aircraft_items() -> list[Item]:
-  # Per variant: one image in train, one in val (both in trainval), one in test.
-  labels = [label for label in range(4) for _ in range(3)]
-  splits = [(('train', 'trainval'), ('val', 'trainval'), ('test',))[i % 3]
-            for i in range(12)]
-  items = _items([f'{1000000 + 7 * i:07d}' for i in range(12)], splits, labels)
-  # A box whose bottom lies in the banner: clipped to the cropped image.
-  items[1].box = (2.0, 5.0, 20.0, float(items[1].height - 3))
-  return items
-
-
-def _write_aircraft(manual_dir: pathlib.Path, *, archive: bool) -> list[Item]:
-  """fgvc-aircraft-2013b/data/ as in fgvc-aircraft-2013b.tar.gz, or that."""
-  items = _aircraft_items()
-  data = manual_dir / 'fgvc-aircraft-2013b' / 'data'
-  (data / 'images').mkdir(parents=True)
-  for item in items:
-    (data / 'images' / f'{item.id}.jpg').write_bytes(
-        item.encoded(banner=fgvc_aircraft.BANNER_HEIGHT))
-  (data / 'variants.txt').write_text(''.join(f'{v}\n' for v in _VARIANTS))
-  for split in fgvc_aircraft.SPLITS:
-    (data / f'images_variant_{split}.txt').write_text(''.join(
-        f'{item.id} {_VARIANTS[item.label]}\n' for item in items
-        if split in item.splits))
-  # 1-based inclusive pixel coordinates.
-  (data / 'images_box.txt').write_text(''.join(
-      f'{item.id} {x0 + 1:.0f} {y0 + 1:.0f} {x1:.0f} {y1:.0f}\n'
-      for item in items for x0, y0, x1, y1 in [item.box]))
-  if archive:
-    _tar(manual_dir, manual_dir / 'fgvc-aircraft-2013b.tar.gz',
-         'fgvc-aircraft-2013b')
-    for path in sorted((manual_dir / 'fgvc-aircraft-2013b').rglob('*'),
-                       reverse=True):
-      path.rmdir() if path.is_dir() else path.unlink()
-    (manual_dir / 'fgvc-aircraft-2013b').rmdir()
-  return items
-
-
-# ---------------------------------------------------------------- Stanford Cars
-
-_CAR_CLASSES = ('AM General Hummer SUV 2000', 'Acura RL Sedan 2012',
-                'Ram C/V Cargo Van Minivan 2012')
-# The test labels of Kaggle's copy, named as a browser names a second download.
-_KAGGLE_TEST_LABELS = 'cars_test_annos_withlabels (1).mat'
-
-
-def _car_items(*, all_in_one: bool) -> list[Item]:
-  labels = [label for label in range(3) for _ in range(3)]
-  splits = [('test',) if i % 3 == 2 else ('train',) for i in range(9)]
-  if all_in_one:
-    ids = [f'car_ims/{i:06d}.jpg' for i in range(1, 10)]
-  else:  # numbered per split
-    ids, counts = [], {'train': 0, 'test': 0}
-    for (split,) in splits:
-      counts[split] += 1
-      ids.append(f'cars_{split}/{counts[split]:05d}.jpg')
-  items = _items(ids, splits, labels)
-  for item in items:  # the .mat's boxes are whole pixels
-    item.box = tuple(float(round(value)) for value in item.box)
-  return items
-
-
-def _cell(strings) -> np.ndarray:
-  """A MATLAB cell array of strings (1 x n), as loadmat returns it."""
-  cell = np.empty((1, len(strings)), dtype=object)
-  for i, string in enumerate(strings):
-    cell[0, i] = np.array([string])
-  return cell
-
-
-def _struct(items: list[Item], **fields) -> np.ndarray:
-  """A MATLAB struct array (1 x n) of annotations, as in the devkit.
-
-  Args:
-    items: one struct per item, with its box (1-based inclusive pixels).
-    **fields: more fields: name -> function of an item.
-  """
-  names = ['bbox_x1', 'bbox_y1', 'bbox_x2', 'bbox_y2', *fields]
-  struct = np.zeros((1, len(items)), dtype=[(name, object) for name in names])
-  for i, item in enumerate(items):
-    x0, y0, x1, y1 = item.box
-    values = [x0 + 1, y0 + 1, x1, y1] + [f(item) for f in fields.values()]
-    struct[0, i] = tuple(
-        np.array([value]) if isinstance(value, str) else
-        np.array([[value]], dtype=np.uint16) for value in values)
-  return struct
-
-
-def _write_cars(manual_dir: pathlib.Path, layout: str) -> list[Item]:
-  """Stanford Cars in one of the layouts that copies come in.
-
-  Args:
-    manual_dir: where to write.
-    layout: 'devkit_archives' (the official cars_train.tgz, cars_test.tgz,
-      car_devkit.tgz and cars_test_annos_withlabels.mat), 'kaggle' (the same
-      files as Kaggle has them: extracted into nested folders, the test labels
-      as _KAGGLE_TEST_LABELS) or 'all_in_one' (cars_annos.mat and car_ims/).
-  """
-  items = _car_items(all_in_one=layout == 'all_in_one')
-  for item in items:
-    path = manual_dir / item.id
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(item.encoded())
-  fname = lambda item: item.id.split('/')[1]
-  label = lambda item: item.label + 1
-  if layout == 'all_in_one':
-    scipy.io.savemat(manual_dir / 'cars_annos.mat', {
-        'annotations': _struct(
-            items, relative_im_path=lambda item: item.id, **{'class': label},
-            test=lambda item: int(item.splits == ('test',))),
-        'class_names': _cell(_CAR_CLASSES)})
-    return items
-
-  train = [item for item in items if item.splits == ('train',)]
-  test = [item for item in items if item.splits == ('test',)]
-  devkit = manual_dir / 'devkit'
-  devkit.mkdir()
-  scipy.io.savemat(devkit / 'cars_meta.mat',
-                   {'class_names': _cell(_CAR_CLASSES)})
-  scipy.io.savemat(devkit / 'cars_train_annos.mat', {
-      'annotations': _struct(train, **{'class': label}, fname=fname)})
-  scipy.io.savemat(devkit / 'cars_test_annos.mat', {
-      'annotations': _struct(test, fname=fname)})
-  test_labels = (_KAGGLE_TEST_LABELS if layout == 'kaggle' else
-                 'cars_test_annos_withlabels.mat')
-  scipy.io.savemat(manual_dir / test_labels, {
-      'annotations': _struct(test, **{'class': label}, fname=fname)})
-  for folder, archive in (('cars_train', 'cars_train.tgz'),
-                          ('cars_test', 'cars_test.tgz'),
-                          ('devkit', 'car_devkit.tgz')):
-    nested = manual_dir / folder
-    if layout == 'devkit_archives':
-      _tar(manual_dir, manual_dir / archive, folder)
-      for path in nested.iterdir():
-        path.unlink()
-      nested.rmdir()
-    else:  # Kaggle: cars_train/cars_train/, ..., car_devkit/devkit/
-      parent = manual_dir / ('car_devkit' if folder == 'devkit' else
-                             f'{folder}_outer')
-      parent.mkdir()
-      nested.rename(parent / folder)
-      if folder != 'devkit':
-        parent.rename(manual_dir / folder)
-  return items
-
+from tests import fake_datasets
 
 # ---------------------------------------------------------------- fixtures
 
 @dataclasses.dataclass
 class Prepared:
   builder: tfds.core.DatasetBuilder
-  items: list[Item]
+  items: list[fake_datasets.Item]
   data_dir: str
 
 
@@ -305,14 +46,14 @@ def _prepare(tmp_path_factory, dataset: str, write, config=None) -> Prepared:
 
 @pytest.fixture(scope='module', params=['archive', 'folder'])
 def cub(request, tmp_path_factory) -> Prepared:
-  return _prepare(tmp_path_factory, 'cub', lambda d: _write_cub(
+  return _prepare(tmp_path_factory, 'cub', lambda d: fake_datasets.write_cub(
       d, archive=request.param == 'archive'))
 
 
 @pytest.fixture(scope='module')
 def aircraft(tmp_path_factory) -> Prepared:
   return _prepare(tmp_path_factory, 'aircraft',
-                  lambda d: _write_aircraft(d, archive=True))
+                  lambda d: fake_datasets.write_aircraft(d, archive=True))
 
 
 @pytest.fixture(scope='module')
@@ -323,7 +64,7 @@ def cars_copies(tmp_path_factory):
   def get(layout: str) -> Prepared:
     if layout not in prepared:
       prepared[layout] = _prepare(tmp_path_factory, 'cars',
-                                  lambda d: _write_cars(d, layout))
+                                  lambda d: fake_datasets.write_cars(d, layout))
     return prepared[layout]
   return get
 
@@ -392,7 +133,7 @@ def test_names_are_free_in_tfds():
 
 
 def test_cub(cub):
-  _check(cub, _CUB_CLASSES)
+  _check(cub, fake_datasets.CUB_CLASSES)
   _check_eval_pipeline(cub)
   # The first image's box extends past the image: clipped to its edges.
   example = _examples(cub.builder, 'train')[cub.items[0].id]
@@ -401,7 +142,7 @@ def test_cub(cub):
 
 def test_aircraft_banner_cropped(aircraft):
   assert aircraft.builder.builder_config.crop_banner
-  _check(aircraft, _VARIANTS, banner=fgvc_aircraft.BANNER_HEIGHT, cropped=True)
+  _check(aircraft, fake_datasets.VARIANTS, banner=fgvc_aircraft.BANNER_HEIGHT, cropped=True)
   _check_eval_pipeline(aircraft)
   # The box whose bottom lay in the banner ends at the cropped image's bottom.
   example = _examples(aircraft.builder, 'val')[aircraft.items[1].id]
@@ -410,13 +151,13 @@ def test_aircraft_banner_cropped(aircraft):
 
 def test_aircraft_with_banner_from_folder(tmp_path_factory):
   prepared = _prepare(tmp_path_factory, 'aircraft',
-                      lambda d: _write_aircraft(d, archive=False),
+                      lambda d: fake_datasets.write_aircraft(d, archive=False),
                       config='variant_with_banner')
-  _check(prepared, _VARIANTS, banner=fgvc_aircraft.BANNER_HEIGHT)
+  _check(prepared, fake_datasets.VARIANTS, banner=fgvc_aircraft.BANNER_HEIGHT)
 
 
 def test_cars(cars):
-  _check(cars, _CAR_CLASSES)
+  _check(cars, fake_datasets.CAR_CLASSES)
   _check_eval_pipeline(cars)
 
 
@@ -489,7 +230,7 @@ def test_manual_dir_without_the_dataset(tmp_path):
 
 
 def test_missing_metadata_file(tmp_path):
-  _write_cub(tmp_path / 'manual', archive=False)
+  fake_datasets.write_cub(tmp_path / 'manual', archive=False)
   (tmp_path / 'manual' / 'CUB_200_2011' / 'bounding_boxes.txt').unlink()
   builder = _builder(tmp_path / 'data')
   with pytest.raises(FileNotFoundError, match='bounding_boxes.txt is missing'):
@@ -499,7 +240,7 @@ def test_missing_metadata_file(tmp_path):
 
 @pytest.mark.parametrize('damage', ['missing', 'undecodable'])
 def test_bad_image_fails_cleanly_and_a_fixed_retry_succeeds(tmp_path, damage):
-  items = _write_aircraft(tmp_path / 'manual', archive=False)
+  items = fake_datasets.write_aircraft(tmp_path / 'manual', archive=False)
   # The last image of a split: a half-written split precedes the failure.
   image = (tmp_path / 'manual' / 'fgvc-aircraft-2013b' / 'data' / 'images' /
            f'{items[-1].id}.jpg')
@@ -526,8 +267,8 @@ def test_bad_image_fails_cleanly_and_a_fixed_retry_succeeds(tmp_path, damage):
 
 def test_cars_names_the_missing_file_and_the_paths_tried(tmp_path):
   manual_dir = tmp_path / 'manual'
-  _write_cars(manual_dir, 'kaggle')
-  (manual_dir / _KAGGLE_TEST_LABELS).unlink()
+  fake_datasets.write_cars(manual_dir, 'kaggle')
+  (manual_dir / fake_datasets.KAGGLE_TEST_LABELS).unlink()
   builder = _builder(tmp_path / 'data', 'cars')
   with pytest.raises(FileNotFoundError) as error:
     _prepare_from(builder, manual_dir)
@@ -544,7 +285,7 @@ def test_cars_names_the_file_missing_from_the_nearest_layout(tmp_path):
   # All-in-one without its images: the error is about them, not about the
   # devkit files, none of which are there.
   manual_dir = tmp_path / 'manual'
-  items = _write_cars(manual_dir, 'all_in_one')
+  items = fake_datasets.write_cars(manual_dir, 'all_in_one')
   for item in items:
     (manual_dir / item.id).unlink()
   (manual_dir / 'car_ims').rmdir()
@@ -555,14 +296,14 @@ def test_cars_names_the_file_missing_from_the_nearest_layout(tmp_path):
       'cars_annos.mat); tried car_ims, car_ims.tgz.')
 
 
-@pytest.mark.parametrize('test_labels', [_KAGGLE_TEST_LABELS,
+@pytest.mark.parametrize('test_labels', [fake_datasets.KAGGLE_TEST_LABELS,
                                          'cars_test_annos_withlabels.mat'])
 def test_cars_test_annotations_without_labels(tmp_path, test_labels):
   manual_dir = tmp_path / 'manual'
-  _write_cars(manual_dir, 'kaggle')
+  fake_datasets.write_cars(manual_dir, 'kaggle')
   # The devkit's unlabelled file under a name of the labelled one: Kaggle's
   # copy has it with or without ' (1)'. The error shows which file was read.
-  (manual_dir / _KAGGLE_TEST_LABELS).unlink()
+  (manual_dir / fake_datasets.KAGGLE_TEST_LABELS).unlink()
   (manual_dir / 'car_devkit' / 'devkit' / 'cars_test_annos.mat').rename(
       manual_dir / test_labels)
   with pytest.raises(ValueError, match=re.escape(
@@ -577,7 +318,7 @@ def test_cars_test_annotations_without_labels(tmp_path, test_labels):
 # distinct from the others', and that examples can be read back.
 
 
-def _split_sizes(items: list[Item]) -> dict[str, int]:
+def _split_sizes(items: list[fake_datasets.Item]) -> dict[str, int]:
   return dict(collections.Counter(split for item in items for split in item.splits))
 
 
@@ -599,15 +340,15 @@ class _OfficialFormat:
 
 class CubBuilderTest(_OfficialFormat, tfds.testing.DatasetBuilderTestCase):
   DATASET_CLASS = cub_builder.Cub2002011
-  WRITE = staticmethod(lambda d: _write_cub(d, archive=False))
+  WRITE = staticmethod(lambda d: fake_datasets.write_cub(d, archive=False))
 
 
 class AircraftBuilderTest(_OfficialFormat, tfds.testing.DatasetBuilderTestCase):
   DATASET_CLASS = fgvc_aircraft.FgvcAircraft
-  WRITE = staticmethod(lambda d: _write_aircraft(d, archive=False))
+  WRITE = staticmethod(lambda d: fake_datasets.write_aircraft(d, archive=False))
   OVERLAPPING_SPLITS = ['trainval', 'train', 'val']
 
 
 class CarsBuilderTest(_OfficialFormat, tfds.testing.DatasetBuilderTestCase):
   DATASET_CLASS = stanford_cars.StanfordCars
-  WRITE = staticmethod(lambda d: _write_cars(d, 'kaggle'))
+  WRITE = staticmethod(lambda d: fake_datasets.write_cars(d, 'kaggle'))

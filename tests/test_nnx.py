@@ -1,13 +1,10 @@
 """CLAN used from a Flax NNX program through `flax.nnx.bridge`.
 
-The Linen CLAN is wrapped as README.md's "Using CLAN from Flax NNX" shows (the
-snippet is read from README.md and run), and the wrapped model must give the
+The Linen CLAN is wrapped as docs/nnx.md shows (its snippet is read from the
+page and run on the tiny config), and the wrapped model must give the
 Linen model's outputs and, trained for one step with nnx.Optimizer, the
 parameters and BatchNorm statistics of the same step done the Linen way.
 """
-import os
-import re
-
 from flax import nnx
 import jax
 import numpy as np
@@ -18,21 +15,21 @@ from clan_jax import models
 from clan_jax.training import optimizer as optimizer_lib
 from clan_jax.training.losses import clan_loss
 from configs import test as test_config
+from tests import test_docs
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NUM_CLASSES = 4
 BATCH = 4
 
 
-def readme_nnx_snippet() -> str:
-  """The first python block of README.md's "Using CLAN from Flax NNX" section."""
-  with open(os.path.join(REPO, 'README.md')) as f:
-    text = f.read()
-  section = re.search(r'^## Using CLAN from Flax NNX\n(.*?)(?=^## )', text, flags=re.S | re.M)
-  assert section, 'README.md has no "## Using CLAN from Flax NNX" section'
-  block = re.search(r'```python\n(.*?)```', section.group(1), flags=re.S)
-  assert block, 'the NNX section of README.md has no python block'
-  return block.group(1)
+# The snippet's model is the demo's; here it is the tiny one.
+_DEMO_CONFIG = 'config = default.get_config()'
+
+
+def nnx_snippet() -> str:
+  """docs/nnx.md's python block, on configs/test.py instead of the demo's config."""
+  (block,) = [b for b in test_docs.blocks('docs/nnx.md') if b.lang == 'python']
+  assert _DEMO_CONFIG in block.body, f'{block} no longer reads {_DEMO_CONFIG!r}'
+  return block.body.replace(_DEMO_CONFIG, 'config = tiny_config()')
 
 
 def _batch(seed=0):
@@ -74,36 +71,37 @@ def _perturbed(variables: dict, seed=1) -> dict:
 
 
 @pytest.fixture(scope='module')
-def readme_run():
-  """The names README.md's snippet defines, run on the tiny CLAN of configs/test.py."""
-  namespace = {'config': test_config.get_config(), 'num_classes': NUM_CLASSES,
-               'images': _batch()['image']}
+def snippet_run():
+  """The names docs/nnx.md's snippet defines, run on the tiny CLAN of configs/test.py."""
+  namespace = {'tiny_config': test_config.get_config}
   # Threefry's XLA:CPU compile dominated this test's time (about 150 random
   # leaves); the key implementation is no part of what the bridge does.
   with jax.default_prng_impl('rbg'):
-    exec(readme_nnx_snippet(), namespace)  # pylint: disable=exec-used
+    exec(nnx_snippet(), namespace)  # pylint: disable=exec-used
+  assert namespace['num_classes'] == NUM_CLASSES
   return namespace
 
 
-def test_readme_snippet_wraps_clan_as_an_nnx_module(readme_run):
-  model, clan = readme_run['model'], readme_run['clan']
+def test_the_docs_snippet_wraps_clan_as_an_nnx_module(snippet_run):
+  model, clan = snippet_run['model'], snippet_run['clan']
   assert isinstance(model, nnx.Module) and isinstance(clan, models.CLAN)
   # Both blocks on: the mid-level, top and refined branches all come out.
   expected = models.branch_names(clan.mid_level_taps, clan.use_mid_block, clan.use_top_block)
   assert len(expected) == 4
-  assert set(readme_run['outputs']['branches']) == set(expected)
-  assert readme_run['outputs']['combined'].shape == (BATCH, NUM_CLASSES)
+  assert set(snippet_run['outputs']['branches']) == set(expected)
+  assert snippet_run['outputs']['combined'].shape == (len(snippet_run['images']), NUM_CLASSES)
   # The bridge keeps Linen's trees: the same names, shapes and dtypes as
   # Linen's init, so variables move between the two without a mapping.
   linen = jax.eval_shape(lambda x: clan.init(jax.random.key(0), x, train=False),
-                         readme_run['images'])
+                         snippet_run['images'])
   layout = lambda tree: jax.tree.map(lambda x: (x.shape, x.dtype), tree)
   assert layout(_linen_variables(model)) == layout(
       {'params': linen['params'], 'batch_stats': linen['batch_stats']})
 
 
-def test_nnx_outputs_equal_linen_apply(readme_run):
-  model, clan, images = nnx.clone(readme_run['model']), readme_run['clan'], readme_run['images']
+def test_nnx_outputs_equal_linen_apply(snippet_run):
+  # Random images, not the snippet's blank ones, for a comparison that means something.
+  model, clan, images = nnx.clone(snippet_run['model']), snippet_run['clan'], _batch()['image']
   variables = _perturbed(_linen_variables(model))
   _set_linen_variables(model, variables)
   got = nnx.jit(lambda m, x: m(x, train=False))(model, images)
@@ -118,9 +116,9 @@ def test_nnx_outputs_equal_linen_apply(readme_run):
                variables['batch_stats'])
 
 
-def test_one_nnx_training_step_equals_the_linen_step(readme_run):
-  model, clan = nnx.clone(readme_run['model']), readme_run['clan']
-  config = readme_run['config']
+def test_one_nnx_training_step_equals_the_linen_step(snippet_run):
+  model, clan = nnx.clone(snippet_run['model']), snippet_run['clan']
+  config = snippet_run['config']
   before = _perturbed(_linen_variables(model), seed=2)
   _set_linen_variables(model, before)
   batch = _batch(seed=3)
