@@ -55,6 +55,7 @@ def _messages(stderr: str) -> list[str]:
   return [m.group(1) for m in map(LOG_LINE.match, stderr.splitlines()) if m]
 
 
+@pytest.mark.slow
 def test_one_short_line_per_log_step_and_per_evaluation(run):
   workdir, stderr = run
   lines = [line for line in stderr.splitlines() if LOG_LINE.match(line)]
@@ -74,11 +75,13 @@ def test_one_short_line_per_log_step_and_per_evaluation(run):
   assert not [m for m in _messages(stderr) if 'train/' in m or 'Hyperparameters' in m]
 
 
+@pytest.mark.slow
 def test_library_noise_is_held_back(run):
   _, stderr = run
   assert [text for text in NOISE if text in stderr] == []
 
 
+@pytest.mark.slow
 def test_tensorboard_holds_every_metric(run):
   workdir, _ = run
   scalars = tensorboard_scalars.read(workdir)
@@ -102,6 +105,7 @@ def test_tensorboard_holds_every_metric(run):
     assert scalars['uptime'][step] > 0
 
 
+@pytest.mark.slow
 def test_a_cli_program_holds_back_the_same_noise(run):
   workdir, _ = run
   process = subprocess.run(

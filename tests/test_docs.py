@@ -107,7 +107,7 @@ def test_fences_are_balanced():
 
 
 def test_links_and_paths_stay_in_the_repository():
-  for page in PAGES:
+  for page in [*PAGES, 'BENCHMARKS.md']:
     text = (REPO / page).read_text()
     assert '../shared' not in text and '/work/' not in text, page
     for match in _LINK.finditer(text):
@@ -187,8 +187,8 @@ def _scratch(root: pathlib.Path) -> dict[str, str]:
              DOCS_TINY=json.dumps(TINY + [f'--config.data.data_dir={data_dir}']),
              DOCS_TINY_ABLATION=json.dumps(TINY_ABLATION))
   # The blocks are the user's programs: they see this machine's one CPU device,
-  # not the 8 simulated ones of the test process.
-  env.pop('XLA_FLAGS', None)
+  # not the 8 simulated ones of the test process (set through jax.config, not
+  # the environment), and compile as every test does (tests/conftest.py).
   return env
 
 
@@ -208,7 +208,21 @@ def run_blocks(page: str, root: pathlib.Path) -> None:
         f'--- stdout\n{result.stdout[-3000:]}\n--- stderr\n{result.stderr[-5000:]}')
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize('page', [p for p in PAGES if runnable(p)])
-def test_page_runs(page, tmp_path):
-  run_blocks(page, tmp_path / 'scratch')
+def _page_test(page: str) -> type:
+  """A test class of its own that runs `page`'s blocks.
+
+  A class, not a parameter: pytest-xdist (`--dist loadscope`) hands each class
+  to one worker as a unit, so the pages, the suite's longest tests, run side by
+  side instead of all on the worker that takes this file.
+  """
+  def test_runs(self, tmp_path):
+    del self
+    run_blocks(page, tmp_path / 'scratch')
+  name = 'TestPage_' + re.sub(r'\W', '_', page.removesuffix('.md'))
+  return pytest.mark.slow(type(name, (), {'test_runs': test_runs}))
+
+
+for _page in PAGES:
+  if runnable(_page):
+    _test = _page_test(_page)
+    globals()[_test.__name__] = _test

@@ -8,6 +8,11 @@ import os
 import subprocess
 import sys
 
+import pytest
+
+# Every test here starts programs or trains for a while.
+pytestmark = pytest.mark.slow
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HIDDEN = ('tensorflow', 'tensorflow_datasets')
 TINY = {'CLAN_BENCH_SIZE': '32', 'CLAN_BENCH_BATCH': '2', 'CLAN_BENCH_BACKBONE': 'resnet18',

@@ -16,6 +16,9 @@ import pytest
 from clan_jax.workdir import trained_model
 from tests import tensorboard_scalars
 
+# Every test here starts programs or trains for a while.
+pytestmark = pytest.mark.slow
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = 3
 

@@ -53,6 +53,7 @@ def toy_config(monkeypatch, data_dir):
   return config
 
 
+@pytest.mark.slow
 def test_a_toy_block_and_backbone_train_evaluate_draw_and_resume(toy_config, tmp_path):
   workdir = str(tmp_path / 'toy')
   config_validation.validate(toy_config)

@@ -22,6 +22,7 @@ def _batch(size, image_size, mesh):
        'label': rng.integers(0, 4, size).astype(np.int32)}, sharding.batch_sharding(mesh))
 
 
+@pytest.mark.slow
 def test_bfloat16_step_trains_with_float32_state():
   config = test_config.get_config()
   config.model.dtype = 'bfloat16'
@@ -52,6 +53,7 @@ def _one_step(config, mesh, batch):
   return float(step_metrics.compute()['loss']), jax.device_get(new_state.params)
 
 
+@pytest.mark.slow
 def test_remat_keeps_the_results_and_saves_fewer_activations():
   config = test_config.get_config()
   config.mesh.data = 1

@@ -27,6 +27,9 @@ from clan_jax.training import optimizer
 from clan_jax.training.train_state import abstract_train_state
 from clan_jax.user_errors import UserError
 
+# Every test here starts programs or trains for a while.
+pytestmark = pytest.mark.slow
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = 8
 

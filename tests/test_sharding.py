@@ -50,6 +50,7 @@ def _train(mesh, batch, num_steps=2):
   return state, losses
 
 
+@pytest.mark.slow
 def test_fsdp_and_data_parallel_train_alike_and_fsdp_shards_the_large_arrays():
   rng = np.random.default_rng(0)
   batch = {'image': rng.normal(size=(16, 32, 32, 3)).astype(np.float32),

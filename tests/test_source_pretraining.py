@@ -24,6 +24,7 @@ def _config(data_dir: str):
   return config
 
 
+@pytest.mark.slow
 def test_pretrains_once_then_fine_tunes_from_the_file(data_dir, tmp_path, monkeypatch):
   config = _config(data_dir)
   resolved = source_pretraining.apply(config)

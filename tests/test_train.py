@@ -117,6 +117,7 @@ def test_loss_falls_on_a_tiny_batch():
   assert losses_seen[-1] < 0.7 * losses_seen[0], losses_seen
 
 
+@pytest.mark.slow
 def test_eight_devices_match_one_device():
   config = _config(None)
   devices = jax.devices()
@@ -204,6 +205,7 @@ def test_bad_config_fields_are_named_before_training(data_dir, tmp_path):
   assert not os.path.exists(tmp_path / 'checkpoints')
 
 
+@pytest.mark.slow
 def test_validation_split_reports_the_best_step(data_dir, tmp_path):
   config = _config(data_dir, data=dict(validation_percent=25), num_train_steps=6,
                    eval_every_epochs=1 / 3)
@@ -220,6 +222,7 @@ def test_validation_split_reports_the_best_step(data_dir, tmp_path):
   assert results['num_examples'] == 16
 
 
+@pytest.mark.slow
 def test_tensorboard_hparams_hold_the_whole_grouped_config(data_dir, tmp_path):
   config = _config(data_dir, num_train_steps=1)
   trainer.train_and_evaluate(config, str(tmp_path))
@@ -240,6 +243,7 @@ def test_tensorboard_hparams_hold_the_whole_grouped_config(data_dir, tmp_path):
   assert set(hparams) == set(trainer.hparams(config))
 
 
+@pytest.mark.slow
 def test_train_py_trains_then_resumes(data_dir, tmp_path):
   """The command line end to end; the second run finds the final checkpoint."""
   command = [sys.executable, 'train.py', '--config=configs/test.py',
@@ -274,6 +278,7 @@ def test_train_py_trains_then_resumes(data_dir, tmp_path):
     # The plain VGG-16 baseline has no BatchNorm anywhere: no batch_stats at all.
     (2, False, ('top',)),
 ])
+@pytest.mark.slow
 def test_clan_on_vgg16_trains_and_evaluates(data_dir, tmp_path, scales, blocks, branches):
   """configs/test.py on VGG-16 (width 4) with configs/vgg16.py's taps, end to end."""
   config = _config(data_dir, num_train_steps=2)

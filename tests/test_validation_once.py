@@ -33,6 +33,7 @@ runpy.run_path('train.py', run_name='__main__')
 '''
 
 
+@pytest.mark.slow
 def test_train_py_validates_once_before_reading_data(data_dir, tmp_path):
   run = subprocess.run(
       [sys.executable, '-c', COUNTING_TRAIN, '--config=configs/test.py',
