@@ -36,19 +36,20 @@ if 'xla_cpu_enable_xprof_traceme' not in os.environ.get('XLA_FLAGS', ''):
 
 from absl import app, flags  # pylint: disable=g-import-not-at-top
 import jax
-import numpy as np
 
-from clan_jax import sharding
-from clan_jax.training import setup
+from benchmarks import timing
+from clan_jax.models.resnet import RESNET_VARIANTS
 from configs import default
 
-flags.DEFINE_integer('size', 96, 'Square input resolution.')
-flags.DEFINE_integer('batch', 32, 'Global batch size.')
-flags.DEFINE_string('backbone', 'resnet18', 'torchvision ResNet name.')
-flags.DEFINE_integer('width', 16, 'Backbone stem width (torchvision: 64).')
-flags.DEFINE_integer('num_classes', 32, 'Classes of every head.')
-flags.DEFINE_integer('steps', 10, 'Profiled steps (and as many timed without the profiler).')
-flags.DEFINE_integer('top', 12, 'Slowest single ops listed per side.')
+flags.DEFINE_integer('size', 96, 'Square input resolution.', lower_bound=32)
+flags.DEFINE_integer('batch', 32, 'Global batch size.', lower_bound=1)
+flags.DEFINE_enum('backbone', 'resnet18', tuple(RESNET_VARIANTS),
+                  'torchvision ResNet (benchmarks/torch_clan.py has ResNets only).')
+flags.DEFINE_integer('width', 16, 'Backbone stem width (torchvision: 64).', lower_bound=1)
+flags.DEFINE_integer('num_classes', 32, 'Classes of every head.', lower_bound=2)
+flags.DEFINE_integer('steps', 10, 'Profiled steps (and as many timed without the profiler).',
+                     lower_bound=1)
+flags.DEFINE_integer('top', 12, 'Slowest single ops listed per side.', lower_bound=0)
 flags.DEFINE_bool('torch', True, "Profile PyTorch's eager step as well.")
 FLAGS = flags.FLAGS
 
@@ -133,18 +134,11 @@ def hlo_classes(hlo_text: str, kernel_shapes: set[tuple[int, ...]]) -> dict[str,
 
 def jax_profile() -> tuple[float, dict[str, float], list[tuple[str, float]]]:
   """(step seconds, {class: seconds per step}, [(op, seconds per step)]) of the JAX step."""
-  config = default.get_config()
-  config.model.backbone = FLAGS.backbone
-  config.model.backbone_width = FLAGS.width
-  config.data.image_size = FLAGS.size
-  mesh = sharding.create_mesh(config.mesh)
-  run = setup.create(config, FLAGS.num_classes, mesh, steps_per_epoch=100, total_steps=10_000)
-  rng = np.random.default_rng(0)
-  batch = jax.device_put(
-      {'image': rng.normal(size=(FLAGS.batch, FLAGS.size, FLAGS.size, 3)).astype(np.float32),
-       'label': rng.integers(0, FLAGS.num_classes, FLAGS.batch).astype(np.int32)},
-      sharding.batch_sharding(mesh))
-  state = run.state
+  model_config = default.get_config().model
+  model_config.backbone = FLAGS.backbone
+  model_config.backbone_width = FLAGS.width
+  run, state, batch = timing.train_step_setup(
+      model_config, image_size=FLAGS.size, batch_size=FLAGS.batch, num_classes=FLAGS.num_classes)
   compiled = run.train_step.lower(state, batch).compile()
   kernel_shapes = {tuple(sorted(x.shape)) for x in jax.tree.leaves(state.params) if x.ndim == 4}
   classes = hlo_classes(compiled.as_text(), kernel_shapes)
@@ -203,19 +197,8 @@ def torch_profile() -> tuple[float, dict[str, float], list[tuple[str, float]]]:
   import torch  # pylint: disable=g-import-not-at-top
   from benchmarks import torch_clan  # pylint: disable=g-import-not-at-top
 
-  torch.manual_seed(0)
-  model = torch_clan.CLAN(FLAGS.num_classes, FLAGS.backbone, FLAGS.width).to(
-      memory_format=torch.channels_last).train()
-  optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
-  images = torch.randn(FLAGS.batch, 3, FLAGS.size, FLAGS.size).to(
-      memory_format=torch.channels_last)
-  labels = torch.randint(0, FLAGS.num_classes, (FLAGS.batch,))
-
-  def step():
-    loss = torch_clan.clan_loss(model(images), labels)
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    optimizer.step()
+  step = torch_clan.sgd_step(FLAGS.num_classes, FLAGS.backbone, FLAGS.width, FLAGS.batch,
+                             FLAGS.size, device=torch.device('cpu'))
 
   for _ in range(3):
     step()

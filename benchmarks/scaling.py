@@ -147,24 +147,9 @@ def time_torch(dtype: str, mode: str) -> dict[str, float]:
 
   cuda = torch.cuda.is_available()
   device = torch.device('cuda' if cuda else 'cpu')
-  torch.manual_seed(0)
-  model = torch_clan.CLAN(FLAGS.num_classes, FLAGS.backbone, FLAGS.width).to(
-      device, memory_format=torch.channels_last).train()
-  optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9,
-                              weight_decay=5e-4)
-  forward = (torch.compile(model, backend=FLAGS.torch_compile_backend)
-             if mode == 'compiled' else model)
-  images = torch.randn(FLAGS.batch, 3, FLAGS.size, FLAGS.size, device=device).to(
-      memory_format=torch.channels_last)
-  labels = torch.randint(0, FLAGS.num_classes, (FLAGS.batch,), device=device)
-
-  def step():
-    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=dtype == 'bfloat16'):
-      loss = torch_clan.clan_loss(forward(images), labels)
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    optimizer.step()
-    return loss
+  step = torch_clan.sgd_step(
+      FLAGS.num_classes, FLAGS.backbone, FLAGS.width, FLAGS.batch, FLAGS.size, device=device,
+      dtype=dtype, compile_backend=FLAGS.torch_compile_backend if mode == 'compiled' else None)
 
   sync = torch.cuda.synchronize if cuda else lambda: None
   if cuda:

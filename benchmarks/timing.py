@@ -101,24 +101,31 @@ def _flops(compiled) -> float:
   return float((analysis or {}).get('flops', float('nan')))
 
 
-def time_train_step(model_config: ml_collections.ConfigDict, *, image_size: int,
-                    batch_size: int, num_classes: int, warmup: int,
-                    num_steps: int) -> StepTiming:
-  """Compiles the train step of `model_config`, runs `warmup` steps, times `num_steps`."""
+def train_step_setup(model_config: ml_collections.ConfigDict, *, image_size: int,
+                     batch_size: int, num_classes: int):
+  """(setup.Run, its initial state, a random global batch) for `model_config` on this
+  machine's devices, as train.py builds them (configs/default.py otherwise)."""
   config = default.get_config()
   config.model = model_config
   config.data.image_size = image_size
   mesh = sharding.create_mesh(config.mesh)
   run = setup.create(config, num_classes, mesh, steps_per_epoch=100, total_steps=10_000)
-  state, train_step = run.state, run.train_step
   rng = np.random.default_rng(0)
   batch = jax.device_put(
       {'image': rng.normal(size=(batch_size, image_size, image_size, 3)).astype(np.float32),
        'label': rng.integers(0, num_classes, batch_size).astype(np.int32)},
       sharding.batch_sharding(mesh))
+  return run, run.state, batch
 
+
+def time_train_step(model_config: ml_collections.ConfigDict, *, image_size: int,
+                    batch_size: int, num_classes: int, warmup: int,
+                    num_steps: int) -> StepTiming:
+  """Compiles the train step of `model_config`, runs `warmup` steps, times `num_steps`."""
+  run, state, batch = train_step_setup(model_config, image_size=image_size,
+                                       batch_size=batch_size, num_classes=num_classes)
   started = time.perf_counter()
-  compiled = train_step.lower(state, batch).compile()
+  compiled = run.train_step.lower(state, batch).compile()
   compile_s = time.perf_counter() - started
   analysis = compiled.memory_analysis()
   for _ in range(warmup):

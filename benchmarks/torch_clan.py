@@ -95,3 +95,27 @@ class CLAN(nn.Module):
 def clan_loss(branches: dict[str, torch.Tensor], labels: torch.Tensor) -> torch.Tensor:
   """The sum of the branches' mean cross-entropies (all weights 1)."""
   return sum(F.cross_entropy(logits, labels) for logits in branches.values())
+
+
+def sgd_step(num_classes: int, backbone: str, width: int, batch: int, size: int, *,
+             device: torch.device, dtype: str = 'float32', compile_backend: str | None = None):
+  """One SGD step (momentum 0.9, weight decay 5e-4) of a channels-last CLAN on a
+  fixed random batch, as a callable that returns the loss; `compile_backend`
+  puts the forward under `torch.compile`, bf16 autocast when `dtype` is bfloat16.
+  """
+  torch.manual_seed(0)
+  model = CLAN(num_classes, backbone, width).to(device, memory_format=torch.channels_last).train()
+  optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
+  forward = torch.compile(model, backend=compile_backend) if compile_backend else model
+  images = torch.randn(batch, 3, size, size, device=device).to(memory_format=torch.channels_last)
+  labels = torch.randint(0, num_classes, (batch,), device=device)
+
+  def step():
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=dtype == 'bfloat16'):
+      loss = clan_loss(forward(images), labels)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss
+
+  return step

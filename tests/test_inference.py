@@ -35,8 +35,7 @@ def trained(data_dir, tmp_path_factory):
 
 
 def _run(module, *args, devices=1):
-  env = {**os.environ, 'XLA_FLAGS': f'{os.environ["XLA_FLAGS"]} '
-         f'--xla_force_host_platform_device_count={devices}'}
+  env = {**os.environ, 'XLA_FLAGS': f'--xla_force_host_platform_device_count={devices}'}
   return subprocess.run([sys.executable, '-m', module, *args], cwd=REPO, env=env,
                         capture_output=True, text=True, timeout=600)
 
