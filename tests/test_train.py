@@ -17,6 +17,7 @@ from clan_jax.experiments import ablation_report
 from clan_jax.workdir import checkpointing, trained_model
 from clan_jax.data import input_pipeline
 from clan_jax.training import losses, optimizer, setup, steps, trainer
+from clan_jax.training import train_state
 from clan_jax.training.train_state import create_train_state
 from configs import base
 from configs import test as test_config
@@ -191,6 +192,21 @@ def test_checkpoint_round_trip_restores_identical_state(tmp_path):
   leaf = restored.params['backbone']['conv1']['kernel']
   assert leaf.sharding == fresh.params['backbone']['conv1']['kernel'].sharding
   checkpointer.close()
+
+
+def test_the_cpu_initialiser_computes_the_default_compiles_bits():
+  """create_train_state compiles with -O2 on a CPU (faster); the state is the same to the bit."""
+  config = _config(None)
+  mesh = sharding.create_mesh(config.mesh)
+  model = models.create_model(config.model, 4)
+  tx, _ = optimizer.create_optimizer(config, 4, 100)
+  rng = jax.random.key(3)
+  fast = create_train_state(model, tx, rng, config.data.image_size, mesh)
+  default = jax.jit(train_state._init_fn(model, tx, config.data.image_size))(rng)  # pylint: disable=protected-access
+  for (path, want), got in zip(jax.tree.leaves_with_path(default), jax.tree.leaves(fast)):
+    np.testing.assert_array_equal(np.asarray(got), np.asarray(want),
+                                  err_msg=jax.tree_util.keystr(path))
+  assert len(jax.tree.leaves(fast)) == len(jax.tree.leaves(default)) > 50
 
 
 def test_bad_config_fields_are_named_before_training(data_dir, tmp_path):

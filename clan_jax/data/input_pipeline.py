@@ -12,8 +12,9 @@ so that their shorter side is `config.data.resize_size`, then cropped to
 `config.data.image_size`: randomly (plus a random horizontal flip) for training,
 centrally for evaluation. Pixels are normalised with the ImageNet statistics.
 """
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 import math
+from typing import Any
 
 import jax
 import ml_collections
@@ -169,7 +170,7 @@ def create_train_dataset(config: ml_collections.ConfigDict,
     return {'image': _normalize(image), 'label': label}
 
   ds = tf.data.Dataset.counter()
-  ds = ds.map(example, num_parallel_calls=tf.data.AUTOTUNE)
+  ds = _map(ds, example, num_parallel_calls=tf.data.AUTOTUNE)
   ds = ds.batch(batch_size, drop_remainder=True)
   return _deterministic(ds.prefetch(tf.data.AUTOTUNE))
 
@@ -208,7 +209,7 @@ def create_eval_dataset(config: ml_collections.ConfigDict,
             'label': example['label'], 'mask': tf.constant(1.0)}
 
   ds = _decoded_examples(config, builder, local_split)
-  ds = ds.map(preprocess, num_parallel_calls=tf.data.AUTOTUNE)
+  ds = _map(ds, preprocess, num_parallel_calls=tf.data.AUTOTUNE)
   # All zeros, so masked out.
   padding = tf.nest.map_structure(lambda s: tf.zeros(s.shape, s.dtype),
                                   ds.element_spec)
@@ -275,8 +276,8 @@ def _decoded_examples(config: ml_collections.ConfigDict,
   Resizing (and cropping to the bounding box) is deterministic, so it happens
   before the cache, which then holds small uint8 images.
   """
-  ds = _read_split(builder, split).map(lambda ex: _decode(config, ex),
-                                       num_parallel_calls=tf.data.AUTOTUNE)
+  ds = _map(_read_split(builder, split), lambda ex: _decode(config, ex),
+            num_parallel_calls=tf.data.AUTOTUNE)
   return ds.cache() if config.data.cache else ds
 
 
@@ -303,11 +304,11 @@ def _random_access_examples(config: ml_collections.ConfigDict,
     def decode_to_record(example):
       decoded = _decode(config, example)
       return {'image': tf.io.serialize_tensor(decoded['image']), 'label': decoded['label']}
-    ds = _read_split(builder, split).map(decode_to_record,
-                                         num_parallel_calls=tf.data.AUTOTUNE)
+    ds = _map(_read_split(builder, split), decode_to_record,
+              num_parallel_calls=tf.data.AUTOTUNE)
   else:
     keys = ('image', 'label', 'bbox') if config.data.crop_to_bbox else ('image', 'label')
-    ds = _read_split(builder, split).map(lambda ex: {k: ex[k] for k in keys})
+    ds = _map(_read_split(builder, split), lambda ex: {k: ex[k] for k in keys})
   columns = {}
   for batch in tfds.as_numpy(ds.batch(1024).prefetch(1)):
     for key, values in batch.items():
@@ -436,6 +437,17 @@ def _centre_crop(image: tf.Tensor, size: int) -> tf.Tensor:
 def _normalize(image: tf.Tensor) -> tf.Tensor:
   """uint8 [..., 3] -> float32, zero mean and unit variance on ImageNet."""
   return (tf.cast(image, tf.float32) - MEAN_RGB) / STDDEV_RGB
+
+
+def _map(ds: tf.data.Dataset, fn: Callable[..., Any], **kwargs) -> tf.data.Dataset:
+  """`ds.map(fn)` without AutoGraph.
+
+  AutoGraph rewrites a function's Python source so that `if` and `for` on
+  tensors become graph ops; it cost every program about 1.4 s of its start
+  (profiled, a tiny train.py) and changes nothing here, where every Python
+  branch is on the config, never on a tensor.
+  """
+  return ds.map(tf.autograph.experimental.do_not_convert(fn), **kwargs)
 
 
 def _deterministic(ds: tf.data.Dataset) -> tf.data.Dataset:
