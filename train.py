@@ -7,7 +7,9 @@ Several processes (hosts) as one job, each started with the same flags plus:
   --distributed                       # Cloud TPU, SLURM, Open MPI: detected
   --distributed --coordinator_address=HOST0:1234 --num_processes=N --process_id=I
 JAX's own options are flags too, e.g. --jax_cpu_collectives_implementation=gloo
---jax_num_cpu_devices=4 for a multi-process job of CPU processes.
+--jax_num_cpu_devices=4 for a multi-process job of CPU processes. A job that
+loses a process ends on every process with one line that names it and the
+last complete checkpoint, status 75 (clan_jax/cli/supervisor.py).
 
 A mistake in the config, the workdir or a file is printed as one line,
 `error: ...`, with exit status 2. SIGTERM or Ctrl-C save a checkpoint of the
@@ -18,7 +20,7 @@ import os
 from absl import app, flags, logging
 import jax
 
-from clan_jax.cli import program
+from clan_jax.cli import program, supervisor
 from clan_jax.experiments import source_pretraining
 from clan_jax.training import trainer
 from clan_jax.workdir import lock
@@ -38,9 +40,14 @@ flags.DEFINE_string('coordinator_address', None,
                     'host:port of process 0, which every process connects to.')
 flags.DEFINE_integer('num_processes', None, 'Processes in the job.')
 flags.DEFINE_integer('process_id', None, "This process's index, 0 .. num_processes - 1.")
+flags.DEFINE_integer('heartbeat_timeout_seconds', 60,
+                     'With --distributed: a process silent this long is taken as lost, and '
+                     'the job ends. Long enough for the longest pause of a live process '
+                     '(a compile on a busy host); JAX\'s own default is 100.', lower_bound=1)
 
 
-def _initialize_distributed() -> None:
+def _cluster_flags() -> dict[str, str | int]:
+  """The cluster flags given, checked: all three or none, and only with --distributed."""
   cluster = {'coordinator_address': FLAGS.coordinator_address,
              'num_processes': FLAGS.num_processes, 'process_id': FLAGS.process_id}
   given = {k: v for k, v in cluster.items() if v is not None}
@@ -49,14 +56,19 @@ def _initialize_distributed() -> None:
     raise app.UsageError(f'--{" --".join(sorted(given))} also need --{" --".join(missing)}.')
   if given and not FLAGS.distributed:
     raise app.UsageError(f'--{" --".join(sorted(given))} need --distributed.')
-  if FLAGS.distributed:
-    jax.distributed.initialize(**given)
+  return given
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  _initialize_distributed()
+  cluster = _cluster_flags()
+  if FLAGS.distributed:
+    if not supervisor.is_supervised():
+      supervisor.run(FLAGS.workdir)  # the same command again, as its child; exits
+    supervisor.exit_with_parent()
+    jax.distributed.initialize(**cluster,
+                               heartbeat_timeout_seconds=FLAGS.heartbeat_timeout_seconds)
   logging.info('JAX %s, process %d/%d, devices: %s', jax.__version__,
                jax.process_index(), jax.process_count(), jax.devices())
   lock.check_workdir(FLAGS.workdir)  # before any pretraining

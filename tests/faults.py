@@ -11,6 +11,8 @@ asks whether to stop):
   sigkill_save  SIGKILL right after the step's asynchronous save started, while
                 orbax is still writing it.
   nan           the images of this step's batch are NaN, so its loss is.
+  pause         prints `paused at step <step>` to stderr and sleeps, before the
+                step's checkpoint, so that a test can kill the process there.
 
 The signals are real ones, sent by the process to itself, so the step at which
 they arrive is known.
@@ -38,6 +40,9 @@ def _reached_preemption(original):
   def patched(self, step):
     if step == FAULT_STEP and FAULT in SIGNALS:
       os.kill(os.getpid(), SIGNALS[FAULT])
+    if step == FAULT_STEP and FAULT == 'pause':
+      print(f'paused at step {step}', file=sys.stderr, flush=True)
+      time.sleep(3600)
     if step == FAULT_STEP and FAULT == 'sigint_twice':
       for _ in range(2):
         os.kill(os.getpid(), signal.SIGINT)
@@ -67,7 +72,7 @@ def _jit_train_step(original):
   return patched
 
 
-if FAULT not in (*SIGNALS, 'sigint_twice', 'sigkill_save', 'nan'):
+if FAULT not in (*SIGNALS, 'sigint_twice', 'sigkill_save', 'nan', 'pause'):
   raise SystemExit(f'Unknown CLAN_JAX_FAULT {FAULT!r}.')
 checkpointing.Checkpointer.reached_preemption = _reached_preemption(
     checkpointing.Checkpointer.reached_preemption)

@@ -1,18 +1,23 @@
-"""A two-process job (gloo collectives, 4 CPU devices each) trains as one 8-device process.
+"""Two-process jobs (gloo collectives, 4 CPU devices each): they train as one 8-device
+process, and a job that loses a process ends in one line and resumes bit for bit.
 
-Both runs go through train.py's own entry point. The parity needs the input
+Every run goes through train.py's own entry point. The parity needs the input
 pipeline's contract: the global batch of step k depends on (seed, k) only,
 and process i of P feeds rows [i*B/P, (i+1)*B/P) of it.
 """
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 
 import jax
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
 
+from clan_jax.cli import supervisor
 from clan_jax.workdir import trained_model
 from tests import tensorboard_scalars
 
@@ -21,6 +26,7 @@ pytestmark = pytest.mark.slow
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = 3
+HEARTBEAT_TIMEOUT = 10  # seconds; the programs' default is 60
 
 
 def _free_port() -> int:
@@ -29,11 +35,46 @@ def _free_port() -> int:
     return s.getsockname()[1]
 
 
-def _command(workdir, data_dir, num_devices):
-  return [sys.executable, 'train.py', '--config=configs/test.py', f'--workdir={workdir}',
+def _command(workdir, data_dir, num_devices, program='train.py'):
+  return [sys.executable, program, '--config=configs/test.py', f'--workdir={workdir}',
           f'--config.data.data_dir={data_dir}', f'--config.num_train_steps={STEPS}',
           '--config.log_every_steps=1', '--config.checkpoint.every_steps=3',
           '--jax_platforms=cpu', f'--jax_num_cpu_devices={num_devices}']
+
+
+def _start_job(workdir, data_dir, logs, *, fault=None, extra=()):
+  """Starts a 2-process job writing to logs/{out,err}<i>.txt; `fault`: (process, fault)."""
+  port = _free_port()
+  processes = []
+  for i in range(2):
+    faulty = fault is not None and fault[0] == i
+    env = dict(os.environ, CLAN_JAX_FAULT=fault[1]) if faulty else None
+    command = _command(workdir, data_dir, 4, 'tests/faults.py' if faulty else 'train.py') + [
+        '--distributed', f'--coordinator_address=127.0.0.1:{port}', '--num_processes=2',
+        f'--process_id={i}', '--jax_cpu_collectives_implementation=gloo', *extra]
+    with open(logs / f'out{i}.txt', 'w') as out, open(logs / f'err{i}.txt', 'w') as err:
+      processes.append(subprocess.Popen(command, cwd=REPO, env=env, stdout=out, stderr=err))
+  return processes
+
+
+def _finish(processes, logs, timeout=900):
+  """Waits for every process; -> [(status, stdout, stderr)]."""
+  for p in processes:
+    p.wait(timeout=timeout)
+  return [(p.returncode, (logs / f'out{i}.txt').read_text(), (logs / f'err{i}.txt').read_text())
+          for i, p in enumerate(processes)]
+
+
+@pytest.fixture(scope='module')
+def uninterrupted(data_dir, tmp_path_factory):
+  """One process with 8 devices, and a 2-process job: {name: (workdir, [(status, out, err)])}."""
+  root = tmp_path_factory.mktemp('multihost')
+  # The single process first: it also generates the synthetic data.
+  single = subprocess.run(_command(root / 'one', data_dir, 8), cwd=REPO,
+                          capture_output=True, text=True, timeout=900)
+  two = _finish(_start_job(root / 'two', data_dir, root), root)
+  return {'one': (root / 'one', [(single.returncode, single.stdout, single.stderr)]),
+          'two': (root / 'two', two)}
 
 
 def _train_losses(workdir) -> dict[int, float]:
@@ -41,39 +82,78 @@ def _train_losses(workdir) -> dict[int, float]:
   return tensorboard_scalars.read(workdir).get('train/loss', {})
 
 
-def test_two_processes_train_like_one_and_their_checkpoint_restores(data_dir, tmp_path):
-  # One process with 8 devices first; it also generates the synthetic data.
-  single = subprocess.run(_command(tmp_path / 'one', data_dir, 8), cwd=REPO,
-                          capture_output=True, text=True, timeout=900)
-  assert single.returncode == 0, single.stderr[-3000:]
-
-  port = _free_port()
-  processes = [subprocess.Popen(
-      _command(tmp_path / 'two', data_dir, 4) + [
-          '--distributed', f'--coordinator_address=127.0.0.1:{port}',
-          '--num_processes=2', f'--process_id={i}',
-          '--jax_cpu_collectives_implementation=gloo'],
-      cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-      for i in range(2)]
-  outputs = [p.communicate(timeout=900) for p in processes]
-  for p, (_, stderr) in zip(processes, outputs):
-    assert p.returncode == 0, stderr[-3000:]
-  (stdout_0, stderr_0), (stdout_1, stderr_1) = outputs
+def test_two_processes_train_like_one_and_their_checkpoint_restores(uninterrupted):
+  (one, [single]), (two, outputs) = uninterrupted['one'], uninterrupted['two']
+  assert single[0] == 0, single[2][-3000:]
+  for status, _, stderr in outputs:
+    assert status == 0, stderr[-3000:]
+  (_, stdout_0, stderr_0), (_, stdout_1, stderr_1) = outputs
   assert 'process 0/2' in stderr_0 and 'process 1/2' in stderr_1
   assert "8 devices" in stderr_0
   # Process 0 alone reports.
   assert 'Test accuracy' in stdout_0 and 'Test accuracy' not in stdout_1
 
-  single_losses, multi_losses = _train_losses(tmp_path / 'one'), _train_losses(tmp_path / 'two')
-  assert sorted(single_losses) == list(range(1, STEPS + 1)), single.stderr[-2000:]
+  single_losses, multi_losses = _train_losses(one), _train_losses(two)
+  assert sorted(single_losses) == list(range(1, STEPS + 1)), single[2][-2000:]
   assert sorted(multi_losses) == sorted(single_losses)
   for step, loss in single_losses.items():
     assert multi_losses[step] == pytest.approx(loss, rel=1e-4), step
-  assert single.stdout.splitlines()[-1] == stdout_0.splitlines()[-1]
+  assert single[1].splitlines()[-1] == stdout_0.splitlines()[-1]
 
   # The two-process checkpoint restores here (one process, 8 devices).
   assert jax.device_count() == 8
-  restored = [trained_model.load(str(tmp_path / name)) for name in ('one', 'two')]
+  restored = [trained_model.load(str(workdir)) for workdir in (one, two)]
   assert [r.step for r in restored] == [STEPS, STEPS]
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5),
                *(jax.device_get(r.variables) for r in restored))
+
+
+@pytest.mark.parametrize('lost', [1, 0])
+def test_a_lost_process_ends_the_job_in_one_line_and_the_restart_resumes_exactly(
+    uninterrupted, data_dir, tmp_path, lost):
+  """kill -9 of one process while the job runs: the other ends at once, plainly.
+
+  The restart is run after the loss of process 1 only: what it reads (the
+  checkpoints of the shared workdir) does not depend on which process was lost,
+  and each restart is a two-process job of the suite's time.
+  """
+  workdir, logs = tmp_path / 'workdir', tmp_path
+  every_step = ['--config.checkpoint.every_steps=1',
+                f'--heartbeat_timeout_seconds={HEARTBEAT_TIMEOUT}']
+  # The process to lose stops before saving step 2, so the kill lands mid-job.
+  processes = _start_job(workdir, data_dir, logs, fault=(lost, 'pause:2'), extra=every_step)
+  deadline = time.monotonic() + 600
+  while 'paused at step 2' not in (logs / f'err{lost}.txt').read_text():
+    assert time.monotonic() < deadline and processes[lost].poll() is None, (
+        (logs / f'err{lost}.txt').read_text()[-3000:])
+    time.sleep(0.2)
+  processes[lost].send_signal(signal.SIGKILL)
+  killed_at = time.monotonic()
+  survivor = processes[1 - lost]
+  survivor.wait(timeout=300)
+  seconds = time.monotonic() - killed_at
+  processes[lost].wait()
+  stderr = (logs / f'err{1 - lost}.txt').read_text()
+
+  assert survivor.returncode == supervisor.LOST_PROCESS_STATUS, stderr[-3000:]
+  assert seconds < HEARTBEAT_TIMEOUT + 30, seconds
+  last_line = stderr.strip().splitlines()[-1]
+  last_step = max(ocp.utils.checkpoint_steps(workdir / 'checkpoints'))
+  assert last_line.startswith(f'error: the job lost process {lost}'), last_line
+  assert f'The last complete checkpoint is step {last_step} in {workdir}' in last_line
+  details = last_line.rsplit('Details: ', 1)[1]
+  assert 'JAX distributed service' in open(details).read()
+  for noise in ('Traceback', 'Fatal Python error', 'Terminating process', '@ 0x'):
+    assert noise not in stderr, noise
+
+  if lost == 0:
+    return
+  # Restarted, the job resumes from that checkpoint and ends where the
+  # uninterrupted one did, to the bit.
+  restarted = _finish(_start_job(workdir, data_dir, logs), logs)
+  for status, _, err in restarted:
+    assert status == 0, err[-3000:]
+  assert f'at step {last_step}' in restarted[0][2]
+  want = jax.device_get(trained_model.load(str(uninterrupted['two'][0])).variables)
+  got = jax.device_get(trained_model.load(str(workdir)).variables)
+  jax.tree.map(np.testing.assert_array_equal, got, want)
