@@ -16,20 +16,32 @@ A mistake in the config, the workdir or a file is printed as one line,
 current step and exit with status 0; running the same command resumes.
 """
 import os
+import sys
 
+from clan_jax.cli import supervisor
+
+DEFAULT_WORKDIR = 'workdirs/default'
+
+# Before the imports below: a supervising parent needs neither TensorFlow nor
+# JAX, and leaves the host's memory and accelerators to its child.
+if __name__ == '__main__':
+  supervisor.supervise_if_distributed(sys.argv, default_workdir=DEFAULT_WORKDIR)
+
+# pylint: disable=g-import-not-at-top,wrong-import-position
 from absl import app, flags, logging
 import jax
 
-from clan_jax.cli import program, supervisor
+from clan_jax.cli import program
 from clan_jax.experiments import source_pretraining
 from clan_jax.training import trainer
 from clan_jax.workdir import lock
+# pylint: enable=g-import-not-at-top,wrong-import-position
 
 FLAGS = flags.FLAGS
 program.define_config_file(
     'config', os.path.join(os.path.dirname(__file__), 'configs', 'default.py'),
     'Training configuration file.', lock_config=True)
-flags.DEFINE_string('workdir', 'workdirs/default',
+flags.DEFINE_string('workdir', DEFAULT_WORKDIR,
                     'Directory for checkpoints, TensorBoard logs and config.json. '
                     'Training resumes from the latest checkpoint found here.')
 flags.DEFINE_bool('distributed', False,
@@ -64,9 +76,8 @@ def main(argv):
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   cluster = _cluster_flags()
   if FLAGS.distributed:
-    if not supervisor.is_supervised():
-      supervisor.run(FLAGS.workdir)  # the same command again, as its child; exits
-    supervisor.exit_with_parent()
+    if supervisor.is_supervised():
+      supervisor.exit_with_parent()
     jax.distributed.initialize(**cluster,
                                heartbeat_timeout_seconds=FLAGS.heartbeat_timeout_seconds)
   logging.info('JAX %s, process %d/%d, devices: %s', jax.__version__,

@@ -32,6 +32,8 @@ import threading
 import time
 from typing import NoReturn
 
+from absl import flags
+
 SUPERVISED_ENV = 'CLAN_JAX_SUPERVISED'
 # EX_TEMPFAIL: a temporary failure, which restarting the job is the remedy for.
 LOST_PROCESS_STATUS = 75
@@ -66,6 +68,25 @@ def exit_with_parent() -> None:
       time.sleep(_PARENT_POLL_SECONDS)
     os._exit(LOST_PROCESS_STATUS)  # pylint: disable=protected-access
   threading.Thread(target=watch, name='exit_with_parent', daemon=True).start()
+
+
+def supervise_if_distributed(argv: list[str], *, default_workdir: str) -> None:
+  """With --distributed in `argv` (and not yet supervised), `run`s; else returns.
+
+  Reads only --distributed and --workdir, as absl would; the child parses and
+  checks the whole command line, and reports a bad flag itself.
+  """
+  if is_supervised():
+    return
+  values = flags.FlagValues()
+  flags.DEFINE_bool('distributed', False, '', flag_values=values)
+  flags.DEFINE_string('workdir', default_workdir, '', flag_values=values)
+  try:
+    values(argv, known_only=True)
+  except flags.Error:
+    return
+  if values.distributed:
+    run(values.workdir)
 
 
 def run(workdir: str) -> NoReturn:
