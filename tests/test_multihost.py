@@ -6,6 +6,7 @@ pipeline's contract: the global batch of step k depends on (seed, k) only,
 and process i of P feeds rows [i*B/P, (i+1)*B/P) of it.
 """
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -42,16 +43,42 @@ def _command(workdir, data_dir, num_devices, program='train.py'):
           '--jax_platforms=cpu', f'--jax_num_cpu_devices={num_devices}']
 
 
-def _start_job(workdir, data_dir, logs, *, fault=None, extra=()):
-  """Starts a 2-process job writing to logs/{out,err}<i>.txt; `fault`: (process, fault)."""
+def _slurm_job_id() -> int:
+  """A SLURM job id whose coordinator port (JAX's rule: 61440 + id % 4096) is free here."""
+  for job_id in random.sample(range(4096), 4096):
+    with socket.socket() as s:
+      try:
+        s.bind(('127.0.0.1', 61440 + job_id))
+      except OSError:
+        continue
+    return 4096 * 100 + job_id
+  raise AssertionError('no free port in 61440-65535')
+
+
+def _start_job(workdir, data_dir, logs, *, fault=None, extra=(), slurm_job_id=None):
+  """Starts a 2-process job writing to logs/{out,err}<i>.txt.
+
+  fault: (process, fault) runs that process under tests/faults.py.
+  slurm_job_id: instead of the cluster flags, each process gets the
+  environment that `srun` gives the tasks of a 2-task step on one host, and
+  JAX finds the job from it.
+  """
   port = _free_port()
   processes = []
   for i in range(2):
-    faulty = fault is not None and fault[0] == i
-    env = dict(os.environ, CLAN_JAX_FAULT=fault[1]) if faulty else None
-    command = _command(workdir, data_dir, 4, 'tests/faults.py' if faulty else 'train.py') + [
-        '--distributed', f'--coordinator_address=127.0.0.1:{port}', '--num_processes=2',
-        f'--process_id={i}', '--jax_cpu_collectives_implementation=gloo', *extra]
+    env = dict(os.environ)
+    program = 'train.py'
+    if fault is not None and fault[0] == i:
+      env['CLAN_JAX_FAULT'], program = fault[1], 'tests/faults.py'
+    cluster = [f'--coordinator_address=127.0.0.1:{port}', '--num_processes=2',
+               f'--process_id={i}']
+    if slurm_job_id is not None:
+      cluster = []
+      env.update(SLURM_JOB_ID=str(slurm_job_id), SLURM_STEP_NODELIST='127.0.0.1',
+                 SLURM_STEP_NUM_NODES='1', SLURM_NTASKS='2', SLURM_PROCID=str(i),
+                 SLURM_LOCALID=str(i))
+    command = _command(workdir, data_dir, 4, program) + [
+        '--distributed', *cluster, '--jax_cpu_collectives_implementation=gloo', *extra]
     with open(logs / f'out{i}.txt', 'w') as out, open(logs / f'err{i}.txt', 'w') as err:
       processes.append(subprocess.Popen(command, cwd=REPO, env=env, stdout=out, stderr=err))
   return processes
@@ -106,6 +133,21 @@ def test_two_processes_train_like_one_and_their_checkpoint_restores(uninterrupte
   assert [r.step for r in restored] == [STEPS, STEPS]
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5),
                *(jax.device_get(r.variables) for r in restored))
+
+
+def test_a_slurm_step_finds_its_job_and_trains_like_the_flagged_one(
+    uninterrupted, data_dir, tmp_path):
+  """`--distributed` alone, in the environment of a SLURM step: JAX's own detection."""
+  workdir = tmp_path / 'workdir'
+  outputs = _finish(_start_job(workdir, data_dir, tmp_path, slurm_job_id=_slurm_job_id()),
+                    tmp_path)
+  for status, _, stderr in outputs:
+    assert status == 0, stderr[-3000:]
+  assert 'process 0/2' in outputs[0][2] and 'process 1/2' in outputs[1][2]
+  want, got = _train_losses(uninterrupted['two'][0]), _train_losses(workdir)
+  assert sorted(got) == sorted(want) == list(range(1, STEPS + 1))
+  for step, loss in want.items():
+    assert got[step] == pytest.approx(loss, rel=1e-4), step
 
 
 @pytest.mark.parametrize('lost', [1, 0])
