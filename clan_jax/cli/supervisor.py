@@ -134,11 +134,12 @@ def _lost_process(text: str) -> str:
 
 
 def _resume_hint(workdir: str) -> str:
-  # Imported here: the supervisor itself needs neither orbax nor a file system
-  # layer unless the job fails.
+  # Imported here: the supervisor itself needs neither orbax, JAX nor a file
+  # system layer unless the job fails.
   from etils import epath  # pylint: disable=g-import-not-at-top
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
-  directory = epath.Path(workdir) / 'checkpoints'
+  from clan_jax.workdir import trained_model  # pylint: disable=g-import-not-at-top
+  directory = epath.Path(workdir) / trained_model.CHECKPOINT_DIR
   try:
     steps = ocp.utils.checkpoint_steps(directory) if directory.exists() else []
   except OSError:
