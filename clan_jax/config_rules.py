@@ -12,9 +12,9 @@ exactly one.
 from collections.abc import Callable, Iterable, Sequence
 import dataclasses
 import math
-import os
 from typing import Any
 
+from clan_jax import storage
 from clan_jax.user_errors import UserError
 
 
@@ -79,10 +79,32 @@ def text(field: str) -> Rule:
 
 
 def optional_path(field: str, kind: str) -> Rule:
-  """None, or the path of an existing file (kind='file') or directory ('dir')."""
-  exists = os.path.isfile if kind == 'file' else os.path.isdir
-  return Rule(field, lambda v: v is None or (isinstance(v, str) and exists(os.path.expanduser(v))),
+  """None, or the path or URL of an existing file (kind='file') or directory ('dir').
+
+  A URL whose scheme or bucket cannot work raises its own UserError (`storage.check`).
+  """
+  def check(value):
+    if value is None:
+      return True
+    if not isinstance(value, str) or not value:
+      return False
+    storage.check(value, f'config.{field}')
+    path = storage.path(value)
+    return path.is_file() if kind == 'file' else path.is_dir()
+  return Rule(field, check,
               f'None or the path of an existing {"file" if kind == "file" else "directory"}')
+
+
+def optional_location(field: str, what: str) -> Rule:
+  """None or a non-empty path or URL (which need not exist yet); `what` says what None means."""
+  def check(value):
+    if value is None:
+      return True
+    if not isinstance(value, str) or not value:
+      return False
+    storage.check(value, f'config.{field}')
+    return True
+  return Rule(field, check, f'None ({what}) or a directory')
 
 
 def prefixed(prefix: str, rules: Iterable[Rule]) -> list[Rule]:

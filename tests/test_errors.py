@@ -62,7 +62,6 @@ def files(tmp_path_factory) -> str:
   pid = os.getpid()  # this test's process: a live run
   _write_lock(os.path.join(tmp, 'held'), socket.gethostname(), pid,
               lock._start_time(pid))  # pylint: disable=protected-access
-  _write_lock(os.path.join(tmp, 'held_elsewhere'), 'elsewhere', 1, None)
   other_model = os.path.join(tmp, 'other_model')
   trained_model.save_run_info(other_model, test_config.get_config(),
                               [f'species_{i:02d}' for i in range(4)])

@@ -18,6 +18,7 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 # From the bottom up; a module may import its own package and any lower layer.
 LAYERS = (
     ('clan_jax.user_errors',),
+    ('clan_jax.storage',),
     ('clan_jax.sharding', 'clan_jax.config_rules'),
     ('clan_jax.models', 'clan_jax.data'),
     ('clan_jax.workdir',),

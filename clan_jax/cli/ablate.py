@@ -27,10 +27,10 @@ and `ROOT/validation.png` (validation top-1 against step, every seed and the
 mean, every variant at its chosen learning rate).
 """
 from collections.abc import Sequence
-import os
 
 from absl import app, flags
 
+from clan_jax import storage
 from clan_jax.cli import program
 from clan_jax.experiments import ablation
 from clan_jax.workdir import lock
@@ -87,7 +87,7 @@ def main(argv: Sequence[str]) -> None:
   print(table)
   print(f'{len(runs)} runs, {total / 60:.1f} min of training in all '
         f'(runs finished earlier count with their own time). Wrote '
-        f'{os.path.join(FLAGS.workdir, ablation.REPORT_FILE)} and {ablation.PLOT_FILE}.')
+        f'{storage.path(FLAGS.workdir) / ablation.REPORT_FILE} and {ablation.PLOT_FILE}.')
 
 
 if __name__ == '__main__':

@@ -25,6 +25,7 @@ FLAGS = flags.FLAGS
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  program.check_storage('src', 'out')
   weights = torchvision_weights.load_weights(FLAGS.src, FLAGS.variant)
   torchvision_weights.save_npz(FLAGS.out, weights)
   head = f', fc head of {weights.num_classes} classes' if weights.num_classes else ''

@@ -8,13 +8,13 @@
 
 The library code is `clan_jax.inference.evaluate`; this module holds the flags.
 """
-import os
 import re
 from typing import Any
 
 from absl import app, flags
 import jax
 
+from clan_jax import storage
 from clan_jax.cli import program
 from clan_jax.inference import evaluate
 from clan_jax.inference.evaluate import NO_TTA
@@ -51,12 +51,13 @@ def _summary(results: dict[str, Any]) -> str:
 
 def _default_out_dir(workdir: str, split: str, step: int) -> str:
   # Split strings such as 'train[90%:]' hold characters unwelcome in paths.
-  return os.path.join(workdir, 'eval', re.sub(r'[^\w.-]+', '_', split) + f'_step{step}')
+  return str(storage.path(workdir) / 'eval' / (re.sub(r'[^\w.-]+', '_', split) + f'_step{step}'))
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  program.check_storage('checkpoint', 'out')
   overrides = None
   config = program.config_flag()
   if config is not None:

@@ -27,6 +27,7 @@ FLAGS = flags.FLAGS
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  program.check_storage('checkpoint', 'out')
   trained = trained_model.load(FLAGS.checkpoint, step=FLAGS.step)
   exported = export.export_inference(trained, batch_size=FLAGS.batch_size,
                                      platforms=FLAGS.platforms)

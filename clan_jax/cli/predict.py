@@ -49,6 +49,7 @@ def main(argv):
   if FLAGS.top_k < 1:
     raise app.UsageError(f'--top_k={FLAGS.top_k} must be at least 1.')
   query_point = _parse_point(FLAGS.query_point)
+  program.check_storage('checkpoint', 'attention_dir')
   # All local devices, whatever the training mesh was.
   trained = trained_model.load(FLAGS.checkpoint, step=FLAGS.step)
   try:

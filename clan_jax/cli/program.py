@@ -23,6 +23,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from clan_jax.cli import quiet  # first, before anything imports TensorFlow
+from clan_jax import storage
 from clan_jax.user_errors import UserError
 from clan_jax.workdir import compatibility
 
@@ -149,6 +150,15 @@ def _config_file_error(name: str, filename: str, error: OSError) -> UserError:
     return UserError(f'--{name}={filename}: no such config file.')
   return UserError(f'--{name}={filename}: cannot load the config file: '
                    f'{" ".join(str(error.__cause__ or error).split())}')
+
+
+def check_storage(*names: str, flag_values: flags.FlagValues = flags.FLAGS) -> None:
+  """Raises a UserError for the first of the path flags `names` whose URL cannot work.
+
+  Before anything is read or compiled: a scheme nothing serves, a missing bucket.
+  """
+  for name in names:
+    storage.check(flag_values[name].value, f'--{name}')
 
 
 def run(main: Callable[[list[str]], Any]) -> None:

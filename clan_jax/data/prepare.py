@@ -6,10 +6,10 @@ MANUAL_DOWNLOAD_INSTRUCTIONS (printed when something is missing) say which
 files. Nothing is downloaded. `summary` gives the splits and their sizes, and
 where they differ from the official ones.
 """
-import os
 
 import tensorflow_datasets as tfds
 
+from clan_jax import storage
 from clan_jax.data import builder_utils, cub, fgvc_aircraft, stanford_cars
 from clan_jax.user_errors import MissingFileError
 
@@ -23,10 +23,12 @@ def prepare(dataset: str, manual_dir: str, data_dir: str | None = None,
             config: str | None = None) -> tfds.core.DatasetBuilder:
   """Prepares `dataset` (a key of BUILDERS) and returns its builder."""
   # The shell leaves a tilde after '--flag=' as it is.
+  storage.check(data_dir, '--data_dir')
+  storage.check(manual_dir, '--manual_dir')
   if data_dir is not None:
-    data_dir = os.path.expanduser(data_dir)
-  manual_dir = os.path.expanduser(manual_dir)
-  if not os.path.isdir(manual_dir):
+    data_dir = str(storage.path(data_dir))
+  manual_dir = str(storage.path(manual_dir))
+  if not storage.path(manual_dir).is_dir():
     raise MissingFileError(f'--manual_dir={manual_dir}: no such directory.')
   builder = BUILDERS[dataset](data_dir=data_dir, config=config)
   builder.download_and_prepare(download_config=tfds.download.DownloadConfig(

@@ -6,12 +6,12 @@ from collections.abc import Sequence
 from concurrent import futures
 import json
 import multiprocessing
-import os
 import time
 
 from absl import logging
 import ml_collections
 
+from clan_jax import storage
 from clan_jax.data import input_pipeline
 from clan_jax.experiments import ablation_report, source_pretraining
 from clan_jax.training import config_validation, trainer
@@ -50,11 +50,10 @@ def run_config(base: ml_collections.ConfigDict, variant: str, seed: int,
 
 def finished_run(workdir: str) -> dict | None:
   """The record of a run that finished in `workdir` earlier, or None."""
-  record_path = os.path.join(workdir, RUN_FILE)
-  if not os.path.exists(record_path):
+  record_path = storage.path(workdir) / RUN_FILE
+  if not record_path.exists():
     return None
-  with open(record_path) as f:
-    return json.load(f)
+  return json.loads(record_path.read_text())
 
 
 def run_once(config: ml_collections.ConfigDict, workdir: str) -> dict:
@@ -63,8 +62,7 @@ def run_once(config: ml_collections.ConfigDict, workdir: str) -> dict:
   trainer.train_and_evaluate(config, workdir)
   record = {'seconds': time.time() - start,
             'history': ablation_report.read_history(workdir)}
-  with open(os.path.join(workdir, RUN_FILE), 'w') as f:
-    json.dump(record, f)
+  (storage.path(workdir) / RUN_FILE).write_text(json.dumps(record))
   return record
 
 
@@ -94,7 +92,7 @@ def run_study(base: ml_collections.ConfigDict, root: str, *, variants: Sequence[
   """
   # Learning rate, then seed, outermost: a study stopped early has every
   # variant on the same runs so far.
-  plan = {(variant, rate, seed): os.path.join(root, variant, f'lr{rate:g}', f'seed{seed}')
+  plan = {(variant, rate, seed): str(storage.path(root) / variant / f'lr{rate:g}' / f'seed{seed}')
           for rate in learning_rates for seed in seeds for variant in variants}
   runs = {key: finished_run(workdir) for key, workdir in plan.items()}
   todo = {}
@@ -127,7 +125,6 @@ def run_study(base: ml_collections.ConfigDict, root: str, *, variants: Sequence[
         runs[pending[future]] = future.result()
         _log_finished(pending[future], runs[pending[future]])
   table, chosen = ablation_report.summarize(runs)
-  with open(os.path.join(root, REPORT_FILE), 'w') as f:
-    f.write(table)
-  ablation_report.plot_validation(runs, chosen, os.path.join(root, PLOT_FILE))
+  (storage.path(root) / REPORT_FILE).write_text(table)
+  ablation_report.plot_validation(runs, chosen, storage.path(root) / PLOT_FILE)
   return table, runs

@@ -9,12 +9,14 @@ baseline variant paired by seed, with its standard error. A run far below its
 variant's median (COLLAPSE_FRACTION) is flagged, not silently averaged.
 """
 from collections.abc import Mapping, Sequence
-import glob
+import io
 import math
 import os
 
 import numpy as np
 import tensorflow as tf
+
+from clan_jax import storage
 
 VALIDATION = 'validation/top1_combined'
 BASELINE = 'plain'
@@ -32,8 +34,8 @@ def read_history(workdir: str) -> dict[str, dict[int, float]]:
   last value.
   """
   history: dict[str, dict[int, float]] = {}
-  for path in sorted(glob.glob(os.path.join(workdir, 'events.out.tfevents.*'))):
-    for event in tf.compat.v1.train.summary_iterator(path):
+  for path in sorted(storage.path(workdir).glob('events.out.tfevents.*')):
+    for event in tf.compat.v1.train.summary_iterator(str(path)):
       for value in event.summary.value:
         if value.tag.startswith(('eval/top1_', 'validation/top1_')):
           scalar = float(tf.make_ndarray(value.tensor)) if value.HasField(
@@ -182,7 +184,7 @@ def _mean_std(values: Sequence[float]) -> str:
   return f'{values.mean():.1f} ± {std:.1f}'
 
 
-def plot_validation(runs: Runs, chosen: Mapping[str, float], path: str) -> None:
+def plot_validation(runs: Runs, chosen: Mapping[str, float], path: str | os.PathLike) -> None:
   """Validation top-1 against step: every seed thin, the mean over seeds bold."""
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use('Agg')
@@ -205,5 +207,7 @@ def plot_validation(runs: Runs, chosen: Mapping[str, float], path: str) -> None:
   ax.grid(alpha=0.3)
   ax.legend()
   fig.tight_layout()
-  fig.savefig(path)
+  png = io.BytesIO()
+  fig.savefig(png, format='png')
+  storage.path(path).write_bytes(png.getvalue())
   plt.close(fig)

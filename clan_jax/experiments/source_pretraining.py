@@ -17,7 +17,6 @@ optimizer) is the target config's.
 """
 import hashlib
 import json
-import os
 
 from absl import logging
 from flax import traverse_util
@@ -26,6 +25,7 @@ from jax.experimental import multihost_utils
 import ml_collections
 import numpy as np
 
+from clan_jax import storage
 from clan_jax.data import synthetic
 from clan_jax.models import torchvision_weights
 from clan_jax.training import config_validation, optimizer, trainer
@@ -83,7 +83,7 @@ def cache_dir(config: ml_collections.ConfigDict) -> str:
   source = source_config(config)
   root = synthetic.synthetic_builder(source.data.data_dir, **source.data.synthetic).data_dir_root
   name = f'{source.model.backbone}_w{source.model.backbone_width}_{_fingerprint(source)}'
-  return os.path.join(root, CACHE_DIR, name)
+  return str(storage.path(root) / CACHE_DIR / name)
 
 
 def _save_backbone(workdir: str, path: str) -> None:
@@ -93,9 +93,9 @@ def _save_backbone(workdir: str, path: str) -> None:
   arrays = {f'{kind}/{rest}': np.asarray(value) for key, value in flat.items()
             for kind, module, rest in [key.split('/', 2)] if module == optimizer.BACKBONE}
   weights = torchvision_weights.BackboneWeights(trained.config.model.backbone, arrays)
-  partial = path + '.partial'
-  torchvision_weights.save_npz(partial, weights)
-  os.replace(partial, path)  # a reader never sees half a file
+  partial = storage.path(f'{path}.partial')
+  torchvision_weights.save_npz(str(partial), weights)
+  partial.replace(path)  # a reader never sees half a file (object stores: one object)
 
 
 def apply(config: ml_collections.ConfigDict) -> config_validation.ValidConfig:
@@ -112,23 +112,23 @@ def apply(config: ml_collections.ConfigDict) -> config_validation.ValidConfig:
   if not config.init.source_pretraining.enabled:
     return config
   directory = cache_dir(config)
-  path = os.path.join(directory, WEIGHTS_FILE)
-  if not os.path.exists(path):
+  path = storage.path(directory) / WEIGHTS_FILE
+  if not path.exists():
     source = source_config(config)
     logging.info('Pretraining the %s backbone on the %d source classes (once; kept in %s).',
                  source.model.backbone, synthetic.SOURCE_CLASSES, directory)
-    workdir = os.path.join(directory, 'run')
+    workdir = str(storage.path(directory) / 'run')
     results = trainer.train_and_evaluate(source, workdir)
     if 'stopped' in results:
       raise UserError(f'Pretraining on the source task was stopped: {results["stopped"]}')
     logging.info('Source backbone: top-1 %.2f%% on the source test split.',
                  100 * results['top1_combined'])
     if jax.process_index() == 0:
-      _save_backbone(workdir, path)
+      _save_backbone(workdir, str(path))
     if jax.process_count() > 1:
       multihost_utils.sync_global_devices('clan_jax: source backbone saved')
   resolved = config.copy_and_resolve_references()
-  resolved.init.backbone_weights = path
+  resolved.init.backbone_weights = str(path)
   resolved.init.source_pretraining.enabled = False
   # Valid as `config` is, without a second check: validate allowed the request
   # only as the sole init source, and the file that replaces it exists.

@@ -28,7 +28,6 @@ colour bar from the map's lowest to its highest value.
 """
 from collections.abc import Sequence
 import dataclasses
-import os
 from typing import Any
 
 import flax.linen as nn
@@ -37,6 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 from PIL import Image, ImageDraw
 
+from clan_jax import storage
 from clan_jax.data import input_pipeline
 from clan_jax.inference import visualization
 from clan_jax.models import blocks
@@ -252,12 +252,12 @@ def panel(maps: AttentionMaps | Sequence[AttentionMaps], *, alpha: float = 0.5
 def save(maps: AttentionMaps, out_dir: str, stem: str, *, alpha: float = 0.5
          ) -> list[str]:
   """Writes each labelled overlay as `out_dir/<stem>_<block>_<tap>.png`; returns the paths."""
-  os.makedirs(out_dir, exist_ok=True)
+  directory = storage.path(out_dir)
+  directory.mkdir(parents=True, exist_ok=True)
   paths = []
   for name, picture in labelled_overlays(maps, alpha=alpha).items():
-    path = os.path.join(out_dir, f'{stem}_{name}.png')
-    Image.fromarray(picture).save(path)
-    paths.append(path)
+    paths.append(str(directory / f'{stem}_{name}.png'))
+    storage.write_image(Image.fromarray(picture), paths[-1])
   return paths
 
 

@@ -11,7 +11,6 @@ Evaluation is the training loop's own (`steps.evaluate` over
 batch padded and masked so that every image counts exactly once.
 """
 import json
-import os
 from typing import Any
 
 from absl import logging
@@ -19,7 +18,7 @@ import jax
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from clan_jax import models, sharding
+from clan_jax import models, sharding, storage
 from clan_jax.data import input_pipeline
 from clan_jax.inference import visualization
 from clan_jax.training import steps, train_state
@@ -121,16 +120,16 @@ def per_class_accuracy(confusion: np.ndarray, class_names: list[str]
 
 def write_results(results: dict[str, Any], out_dir: str) -> list[str]:
   """Writes results.json and one confusion_<mode>.png per mode; returns the paths."""
-  os.makedirs(out_dir, exist_ok=True)
-  paths = [os.path.join(out_dir, RESULTS_FILE)]
-  with open(paths[0], 'w') as f:
-    json.dump(results, f, indent=1)
+  directory = storage.path(out_dir)
+  directory.mkdir(parents=True, exist_ok=True)
+  paths = [str(directory / RESULTS_FILE)]
+  storage.path(paths[0]).write_text(json.dumps(results, indent=1))
   for mode, confusion in results['confusion_matrix'].items():
     accuracy = results['metrics'][mode]['top1_combined']
-    title = (f"{os.path.basename(os.path.normpath(results['workdir']))} step "
+    title = (f"{storage.path(results['workdir']).name} step "
              f"{results['step']}, {results['split']}, {mode}: top-1 {accuracy:.2%}")
-    paths.append(os.path.join(out_dir, f'confusion_{mode}.png'))
-    confusion_image(np.asarray(confusion), title).save(paths[-1])
+    paths.append(str(directory / f'confusion_{mode}.png'))
+    storage.write_image(confusion_image(np.asarray(confusion), title), paths[-1])
   return paths
 
 

@@ -20,14 +20,13 @@ stddev_rgb with the constants on the 0..255 scale.
 """
 from collections.abc import Sequence
 import json
-import os
 from typing import Any
 
 import jax
 from jax import export as jax_export
 import jax.numpy as jnp
 
-from clan_jax import models
+from clan_jax import models, storage
 from clan_jax.data import input_pipeline
 from clan_jax.workdir import trained_model
 
@@ -95,8 +94,7 @@ def sidecar(trained: trained_model.TrainedModel, exported: jax_export.Exported
 
 def save(exported: jax_export.Exported, info: dict[str, Any], path: str) -> None:
   """Writes the serialised function to `path` and `info` to `path`.json."""
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  with open(path, 'wb') as f:
-    f.write(exported.serialize())
-  with open(path + SIDECAR_SUFFIX, 'w') as f:
-    json.dump(info, f, indent=1)
+  out = storage.path(path)
+  out.parent.mkdir(parents=True, exist_ok=True)
+  out.write_bytes(exported.serialize())
+  storage.path(f'{path}{SIDECAR_SUFFIX}').write_text(json.dumps(info, indent=1))

@@ -9,12 +9,11 @@ gives a `Prediction` with its error; the others are still classified.
 from collections.abc import Sequence
 import dataclasses
 import math
-import os
 
 import jax
 import numpy as np
 
-from clan_jax import sharding
+from clan_jax import sharding, storage
 from clan_jax.data import input_pipeline
 from clan_jax.inference import attention_maps
 from clan_jax.training import steps, train_state
@@ -109,7 +108,7 @@ def predict_files(trained: trained_model.TrainedModel, paths: Sequence[str], *,
     # First, so that a query point outside an image's crop fails fast.
     for path, maps in zip(images, attention_maps.compute(
         trained, list(images.values()), [query_point] * len(images))):
-      attention_maps.save(maps, attention_dir, os.path.basename(path))
+      attention_maps.save(maps, attention_dir, storage.path(path).name)
   if images:
     probs = probabilities(trained, list(images.values()), batch_size=batch_size,
                           flip_tta=flip_tta)

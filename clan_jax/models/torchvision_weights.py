@@ -23,7 +23,7 @@ backbone has none and ignores it. Converted weights are saved as a flat `.npz`
 `clan_jax.training.initialization` puts them into a train state.
 """
 import dataclasses
-import os
+import io
 import pickle
 import zipfile
 from typing import Any
@@ -33,6 +33,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from clan_jax import storage
 from clan_jax.models import backbones
 from clan_jax.user_errors import MissingFileError, UserError
 
@@ -89,7 +90,7 @@ class WeightsMismatchError(UserError):
 # --- Reading state dicts -------------------------------------------------------------
 
 
-def _read_torch(path: str) -> Any:
+def _read_torch(path: str, data: bytes) -> Any:
   try:
     import torch  # pylint: disable=g-import-not-at-top
   except ImportError as e:
@@ -100,7 +101,7 @@ def _read_torch(path: str) -> Any:
   try:
     # weights_only: tensors and plain containers only, so a malicious pickle
     # cannot run code.
-    return torch.load(path, map_location='cpu', weights_only=True)
+    return torch.load(io.BytesIO(data), map_location='cpu', weights_only=True)
   except pickle.UnpicklingError as e:
     # PyTorch's message surrounds its reason with advice, including
     # weights_only=False, which this never does: keep the reason alone.
@@ -122,6 +123,14 @@ def _read_torch(path: str) -> Any:
                     f'({_first_line(e)}).') from e
 
 
+def _read(path: str) -> bytes:
+  """The bytes of a weights file, local or on cloud storage."""
+  file = storage.path(path)
+  if not file.exists():
+    raise MissingFileError(f'Pretrained weights file {path} not found.')
+  return file.read_bytes()
+
+
 def _first_line(error: Exception) -> str:
   return f'{type(error).__name__}: {str(error).strip().splitlines()[0] if str(error).strip() else ""}'
 
@@ -140,18 +149,17 @@ def load_state_dict(path: str) -> dict[str, np.ndarray]:
 
   Unwraps {'state_dict': ...} and {'model': ...}; keys are left as they are.
   """
-  if not os.path.exists(path):
-    raise MissingFileError(f'Pretrained weights file {path} not found.')
+  data = _read(path)
   if path.endswith('.safetensors'):
     from safetensors import numpy as safetensors_numpy  # pylint: disable=g-import-not-at-top
     import safetensors  # pylint: disable=g-import-not-at-top
     try:
-      loaded = safetensors_numpy.load_file(path)
+      loaded = safetensors_numpy.load(data)
     except (safetensors.SafetensorError, OSError, ValueError) as e:
       raise UserError(f'{path} is not a .safetensors file that can be read '
                       f'({_first_line(e)}).') from e
   elif path.endswith(_TORCH_SUFFIXES):
-    loaded = _read_torch(path)
+    loaded = _read_torch(path, data)
   else:
     raise UserError(f'{path}: expected a .safetensors, .npz or {"/".join(_TORCH_SUFFIXES)} '
                     'file.')
@@ -284,21 +292,21 @@ def convert_state_dict(state_dict: dict[str, np.ndarray], variant: str | None = 
 
 def save_npz(path: str, weights: BackboneWeights) -> None:
   """Writes the flat arrays and the variant name; `load_weights` reads it back."""
-  with open(path, 'wb') as f:
-    np.savez(f, **weights.arrays, **{VARIANT_KEY: np.array(weights.variant)})
+  npz = io.BytesIO()
+  np.savez(npz, **weights.arrays, **{VARIANT_KEY: np.array(weights.variant)})
+  storage.path(path).write_bytes(npz.getvalue())
 
 
 def load_weights(path: str, variant: str | None = None) -> BackboneWeights:
   """Converted weights from a `.npz` of `save_npz`, or a `.safetensors` / `.pth` converted now."""
   if not path.endswith('.npz'):
     return convert_state_dict(load_state_dict(path), variant, source=path)
-  if not os.path.exists(path):
-    raise MissingFileError(f'Pretrained weights file {path} not found.')
-  if not zipfile.is_zipfile(path):
+  data = _read(path)
+  if not zipfile.is_zipfile(io.BytesIO(data)):
     raise UserError(f'{path} is not a .npz file of clan_jax.cli.convert_weights that can '
                     'be read (it is not a zip archive).')
   try:
-    with np.load(path, allow_pickle=False) as npz:
+    with np.load(io.BytesIO(data), allow_pickle=False) as npz:
       arrays = {k: npz[k] for k in npz.files}
   except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
     raise UserError(f'{path} is not a .npz file of clan_jax.cli.convert_weights that '

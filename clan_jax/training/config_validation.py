@@ -21,7 +21,7 @@ import ml_collections
 
 from clan_jax import models, sharding
 from clan_jax.config_rules import (Rule, boolean, check, choice, integer, is_number, number,
-                                   optional_path, text)
+                                   optional_location, optional_path, text)
 from clan_jax.data import input_pipeline, synthetic
 from clan_jax.training import optimizer
 from clan_jax.user_errors import UserError
@@ -33,8 +33,7 @@ FIELD_RULES: list[Rule] = [
     integer('seed', 0, 2**31 - 1),
     # --- Data ---
     text('data.dataset'),
-    Rule('data.data_dir', lambda v: v is None or (isinstance(v, str) and bool(v)),
-         'None (TFDS\'s default) or a directory'),
+    optional_location('data.data_dir', "TFDS's default"),
     text('data.train_split'),
     text('data.eval_split'),
     integer('data.validation_percent', 0, 99),

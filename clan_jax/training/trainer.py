@@ -1,6 +1,5 @@
 """train_and_evaluate: from a config to a trained, checkpointed, evaluated CLAN."""
 import math
-import os
 from typing import Any
 
 from absl import logging
@@ -9,9 +8,8 @@ from flax import traverse_util
 import jax
 from jax.experimental import multihost_utils
 import ml_collections
-import tensorflow as tf
 
-from clan_jax import sharding
+from clan_jax import sharding, storage
 from clan_jax.data import input_pipeline
 from clan_jax.training import (config_validation, console, initialization, interrupts,
                                nonfinite, setup, steps)
@@ -96,8 +94,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
 def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                         mesh: jax.sharding.Mesh) -> dict[str, Any]:
-  checkpoint_dir = os.path.join(workdir, trained_model.CHECKPOINT_DIR)
-  if tf.io.gfile.exists(checkpoint_dir):
+  checkpoint_dir = storage.path(workdir) / trained_model.CHECKPOINT_DIR
+  if checkpoint_dir.exists():
     # Before the data and the model, which a mismatch would waste.
     trained_model.check_same_model(workdir, config)
   builder = _dataset_builder(config)

@@ -7,7 +7,6 @@ checkpoint. A checkpoint damaged afterwards (truncated files, a lost item) is
 found when it is restored: `restore_newest_readable` then falls back to the
 newest one that reads.
 """
-import os
 import sys
 from typing import Any
 
@@ -16,6 +15,7 @@ import jax
 from jax.experimental import multihost_utils
 import orbax.checkpoint as ocp
 
+from clan_jax import storage
 from clan_jax.user_errors import UserError
 
 UNREADABLE_PREFIX = 'unreadable_'
@@ -37,7 +37,7 @@ class Checkpointer:
   def __init__(self, directory: str, *, save_every_steps: int,
                max_to_keep: int | None, writer: bool = False):
     self._manager = ocp.CheckpointManager(
-        os.path.abspath(directory),
+        storage.absolute(directory),
         options=ocp.CheckpointManagerOptions(
             save_interval_steps=save_every_steps, max_to_keep=max_to_keep,
             create=True, cleanup_tmp_directories=writer,
@@ -91,7 +91,7 @@ class Checkpointer:
       return self._manager.restore(step, args=args)
     except Exception as e:  # pylint: disable=broad-except
       # orbax, tensorstore and json raise many kinds for damaged files.
-      raise UserError(f'checkpoint {os.path.join(self.directory, str(step))} cannot be '
+      raise UserError(f'checkpoint {self.directory}/{step} cannot be '
                       f'read ({_reason(e)}).') from e
 
   def restore_newest_readable(self, target: Any, *, fallback: bool) -> Any:
@@ -131,13 +131,13 @@ class Checkpointer:
   def _move_aside(self, step: int) -> None:
     if jax.process_index() != 0:
       return
-    source = os.path.join(self.directory, str(step))
-    target = os.path.join(self.directory, f'{UNREADABLE_PREFIX}{step}')
+    source = self._manager.directory / str(step)
+    target = self._manager.directory / f'{UNREADABLE_PREFIX}{step}'
     suffix = 1
-    while os.path.exists(target):
-      target = os.path.join(self.directory, f'{UNREADABLE_PREFIX}{step}.{suffix}')
+    while target.exists():
+      target = self._manager.directory / f'{UNREADABLE_PREFIX}{step}.{suffix}'
       suffix += 1
-    os.rename(source, target)
+    source.rename(target)
     logging.warning('Moved the unreadable checkpoint %s to %s.', source, target)
 
   def wait_until_finished(self) -> None:

@@ -6,7 +6,6 @@ evaluation, prediction, export and fine-tuning need only the workdir.
 """
 import dataclasses
 import json
-import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -16,9 +15,8 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import Mesh
 import ml_collections
-import tensorflow as tf
 
-from clan_jax import models, sharding
+from clan_jax import models, sharding, storage
 from clan_jax.models import blocks
 from clan_jax.models.variables import abstract_variables
 from clan_jax.user_errors import MissingFileError, UserError
@@ -55,11 +53,11 @@ def save_run_info(workdir: str, config: ml_collections.ConfigDict,
   """Writes the config and class names next to the checkpoints (process 0 only)."""
   if jax.process_index() != 0:
     return
-  tf.io.gfile.makedirs(workdir)
-  with tf.io.gfile.GFile(os.path.join(workdir, CONFIG_FILE), 'w') as f:
-    f.write(compatibility.without_old_names(config).to_json_best_effort(indent=2))
-  with tf.io.gfile.GFile(os.path.join(workdir, CLASSES_FILE), 'w') as f:
-    json.dump(list(class_names), f, indent=1)
+  directory = storage.path(workdir)
+  directory.mkdir(parents=True, exist_ok=True)
+  (directory / CONFIG_FILE).write_text(
+      compatibility.without_old_names(config).to_json_best_effort(indent=2))
+  (directory / CLASSES_FILE).write_text(json.dumps(list(class_names), indent=1))
 
 
 def check_same_model(workdir: str, config: ml_collections.ConfigDict) -> None:
@@ -69,7 +67,7 @@ def check_same_model(workdir: str, config: ml_collections.ConfigDict) -> None:
   would fail deep inside orbax, so this names the fields that differ instead.
   Other fields (schedule length, logging, ...) may change between runs.
   """
-  if not tf.io.gfile.exists(os.path.join(workdir, CONFIG_FILE)):
+  if not (storage.path(workdir) / CONFIG_FILE).exists():
     return
   stored, current = (
       traverse_util.flatten_dict(json.loads(c.to_json_best_effort()), sep='.')
@@ -91,12 +89,11 @@ def check_same_model(workdir: str, config: ml_collections.ConfigDict) -> None:
 
 def load_config(workdir: str) -> ml_collections.ConfigDict:
   """The config a workdir was trained with."""
-  path = os.path.join(workdir, CONFIG_FILE)
-  if not tf.io.gfile.exists(path):
+  path = storage.path(workdir) / CONFIG_FILE
+  if not path.exists():
     raise MissingFileError(f'{path} not found: {workdir} is not a train.py workdir.')
-  with tf.io.gfile.GFile(path) as f:
-    # A workdir of an older version has the config of its time.
-    return compatibility.upgrade(json.load(f))
+  # A workdir of an older version has the config of its time.
+  return compatibility.upgrade(json.loads(path.read_text()))
 
 
 def load(workdir: str, *, step: int | None = None, mesh: Mesh | None = None
@@ -106,15 +103,14 @@ def load(workdir: str, *, step: int | None = None, mesh: Mesh | None = None
   The variables are replicated over `mesh` (default: all devices).
   """
   config = load_config(workdir)
-  with tf.io.gfile.GFile(os.path.join(workdir, CLASSES_FILE)) as f:
-    class_names = json.load(f)
+  class_names = json.loads((storage.path(workdir) / CLASSES_FILE).read_text())
   mesh = sharding.create_mesh(ml_collections.ConfigDict({'data': -1})) if mesh is None else mesh
   models.validate_model_config(config.model)
   model = models.create_model(config.model, len(class_names))
-  checkpoint_dir = os.path.join(workdir, CHECKPOINT_DIR)
-  if step is not None and not tf.io.gfile.exists(os.path.join(checkpoint_dir, str(step))):
-    names = tf.io.gfile.listdir(checkpoint_dir) if tf.io.gfile.exists(checkpoint_dir) else []
-    saved = sorted(int(n.rstrip('/')) for n in names if n.rstrip('/').isdigit())
+  checkpoint_dir = storage.path(workdir) / CHECKPOINT_DIR
+  if step is not None and not (checkpoint_dir / str(step)).exists():
+    names = [p.name for p in checkpoint_dir.iterdir()] if checkpoint_dir.exists() else []
+    saved = sorted(int(n) for n in names if n.isdigit())
     raise MissingFileError(f'No checkpoint of step {step} in {checkpoint_dir}; its '
                            f'steps are {saved}.')
   checkpointer = checkpointing.Checkpointer(
