@@ -12,8 +12,11 @@ workdir's lock uses TensorStore's conditional writes. Both read the standard
 Google credentials. A URL scheme that TensorFlow does not serve is refused by
 `check` before anything is read.
 """
+import contextlib
 import io
 import os
+import tempfile
+from collections.abc import Iterator
 
 from etils import epath
 from PIL import Image
@@ -81,3 +84,18 @@ def write_image(image: Image.Image, value: str | os.PathLike) -> None:
   png = io.BytesIO()
   image.save(png, format='PNG')
   path(value).write_bytes(png.getvalue())
+
+
+@contextlib.contextmanager
+def local_copy(value: str | os.PathLike) -> Iterator[str]:
+  """A local path with the content of the file `value`: itself, or a temporary copy of a URL.
+
+  For readers that take only local file names.
+  """
+  if not is_url(value):
+    yield os.path.expanduser(os.fspath(value))
+    return
+  with tempfile.TemporaryDirectory() as directory:
+    local = os.path.join(directory, path(value).name)
+    path(value).copy(local)
+    yield local

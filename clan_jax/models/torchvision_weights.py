@@ -28,6 +28,7 @@ import pickle
 import zipfile
 from typing import Any
 
+from etils import epath
 from flax import traverse_util
 import jax
 import jax.numpy as jnp
@@ -123,12 +124,16 @@ def _read_torch(path: str, data: bytes) -> Any:
                     f'({_first_line(e)}).') from e
 
 
-def _read(path: str) -> bytes:
-  """The bytes of a weights file, local or on cloud storage."""
+def _existing(path: str) -> epath.Path:
+  """A weights file, local or on cloud storage.
+
+  Raises:
+    MissingFileError: there is none at `path`.
+  """
   file = storage.path(path)
   if not file.exists():
     raise MissingFileError(f'Pretrained weights file {path} not found.')
-  return file.read_bytes()
+  return file
 
 
 def _first_line(error: Exception) -> str:
@@ -149,17 +154,19 @@ def load_state_dict(path: str) -> dict[str, np.ndarray]:
 
   Unwraps {'state_dict': ...} and {'model': ...}; keys are left as they are.
   """
-  data = _read(path)
   if path.endswith('.safetensors'):
     from safetensors import numpy as safetensors_numpy  # pylint: disable=g-import-not-at-top
     import safetensors  # pylint: disable=g-import-not-at-top
+    file = _existing(path)
     try:
-      loaded = safetensors_numpy.load(data)
+      # From a file: safetensors' reader of bytes knows no bfloat16.
+      with storage.local_copy(file) as local:
+        loaded = safetensors_numpy.load_file(local)
     except (safetensors.SafetensorError, OSError, ValueError) as e:
       raise UserError(f'{path} is not a .safetensors file that can be read '
                       f'({_first_line(e)}).') from e
   elif path.endswith(_TORCH_SUFFIXES):
-    loaded = _read_torch(path, data)
+    loaded = _read_torch(path, _existing(path).read_bytes())
   else:
     raise UserError(f'{path}: expected a .safetensors, .npz or {"/".join(_TORCH_SUFFIXES)} '
                     'file.')
@@ -301,7 +308,7 @@ def load_weights(path: str, variant: str | None = None) -> BackboneWeights:
   """Converted weights from a `.npz` of `save_npz`, or a `.safetensors` / `.pth` converted now."""
   if not path.endswith('.npz'):
     return convert_state_dict(load_state_dict(path), variant, source=path)
-  data = _read(path)
+  data = _existing(path).read_bytes()
   if not zipfile.is_zipfile(io.BytesIO(data)):
     raise UserError(f'{path} is not a .npz file of clan_jax.cli.convert_weights that can '
                     'be read (it is not a zip archive).')
