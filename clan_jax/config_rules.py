@@ -78,17 +78,22 @@ def text(field: str) -> Rule:
   return Rule(field, lambda v: isinstance(v, str) and bool(v.strip()), 'a non-empty string')
 
 
-def optional_path(field: str, kind: str) -> Rule:
-  """None, or the path or URL of an existing file (kind='file') or directory ('dir').
+def _path_or_url(value: Any, field: str) -> bool:
+  """Whether `value` is a non-empty string; a URL whose scheme or bucket cannot
+  work raises its own UserError (`storage.check`)."""
+  if not isinstance(value, str) or not value:
+    return False
+  storage.check(value, f'config.{field}')
+  return True
 
-  A URL whose scheme or bucket cannot work raises its own UserError (`storage.check`).
-  """
+
+def optional_path(field: str, kind: str) -> Rule:
+  """None, or the path or URL of an existing file (kind='file') or directory ('dir')."""
   def check(value):
     if value is None:
       return True
-    if not isinstance(value, str) or not value:
+    if not _path_or_url(value, field):
       return False
-    storage.check(value, f'config.{field}')
     path = storage.path(value)
     return path.is_file() if kind == 'file' else path.is_dir()
   return Rule(field, check,
@@ -97,14 +102,8 @@ def optional_path(field: str, kind: str) -> Rule:
 
 def optional_location(field: str, what: str) -> Rule:
   """None or a non-empty path or URL (which need not exist yet); `what` says what None means."""
-  def check(value):
-    if value is None:
-      return True
-    if not isinstance(value, str) or not value:
-      return False
-    storage.check(value, f'config.{field}')
-    return True
-  return Rule(field, check, f'None ({what}) or a directory')
+  return Rule(field, lambda v: v is None or _path_or_url(v, field),
+              f'None ({what}) or a directory')
 
 
 def prefixed(prefix: str, rules: Iterable[Rule]) -> list[Rule]:

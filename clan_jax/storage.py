@@ -13,7 +13,6 @@ Google credentials. A URL scheme that TensorFlow does not serve is refused by
 `check` before anything is read.
 """
 import contextlib
-import io
 import os
 import tempfile
 from collections.abc import Iterator
@@ -81,9 +80,8 @@ def check(value: str | os.PathLike | None, field: str) -> None:
 
 def write_image(image: Image.Image, value: str | os.PathLike) -> None:
   """Writes `image` as a PNG to `value` (PIL's own save would take it for a local path)."""
-  png = io.BytesIO()
-  image.save(png, format='PNG')
-  path(value).write_bytes(png.getvalue())
+  with path(value).open('wb') as f:
+    image.save(f, format='PNG')
 
 
 @contextlib.contextmanager

@@ -136,10 +136,10 @@ def _lost_process(text: str) -> str:
 def _resume_hint(workdir: str) -> str:
   # Imported here: the supervisor itself needs neither orbax, JAX nor a file
   # system layer unless the job fails.
-  from etils import epath  # pylint: disable=g-import-not-at-top
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  from clan_jax import storage  # pylint: disable=g-import-not-at-top
   from clan_jax.workdir import trained_model  # pylint: disable=g-import-not-at-top
-  directory = epath.Path(workdir) / trained_model.CHECKPOINT_DIR
+  directory = storage.path(workdir) / trained_model.CHECKPOINT_DIR
   try:
     steps = ocp.utils.checkpoint_steps(directory) if directory.exists() else []
   except OSError:
@@ -152,9 +152,9 @@ def _resume_hint(workdir: str) -> str:
 
 def _write_log(workdir: str, text: str) -> str:
   """Writes `text` to <workdir>/logs/lost-<host>-<pid>.txt; returns where it went."""
-  from etils import epath  # pylint: disable=g-import-not-at-top
+  from clan_jax import storage  # pylint: disable=g-import-not-at-top
   name = f'lost-{socket.gethostname()}-{os.getpid()}.txt'
-  for directory in (epath.Path(workdir) / 'logs', epath.Path('/tmp')):
+  for directory in (storage.path(workdir) / 'logs', storage.path('/tmp')):
     try:
       directory.mkdir(parents=True, exist_ok=True)
       (directory / name).write_text(text)

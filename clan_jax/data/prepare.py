@@ -27,9 +27,9 @@ def prepare(dataset: str, manual_dir: str, data_dir: str | None = None,
   storage.check(manual_dir, '--manual_dir')
   if data_dir is not None:
     data_dir = str(storage.path(data_dir))
-  manual_dir = str(storage.path(manual_dir))
   if not storage.path(manual_dir).is_dir():
     raise MissingFileError(f'--manual_dir={manual_dir}: no such directory.')
+  manual_dir = str(storage.path(manual_dir))
   builder = BUILDERS[dataset](data_dir=data_dir, config=config)
   builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
       manual_dir=manual_dir))

@@ -9,7 +9,6 @@ baseline variant paired by seed, with its standard error. A run far below its
 variant's median (COLLAPSE_FRACTION) is flagged, not silently averaged.
 """
 from collections.abc import Mapping, Sequence
-import io
 import math
 import os
 
@@ -207,7 +206,6 @@ def plot_validation(runs: Runs, chosen: Mapping[str, float], path: str | os.Path
   ax.grid(alpha=0.3)
   ax.legend()
   fig.tight_layout()
-  png = io.BytesIO()
-  fig.savefig(png, format='png')
-  storage.path(path).write_bytes(png.getvalue())
+  with storage.path(path).open('wb') as f:
+    fig.savefig(f, format='png')
   plt.close(fig)

@@ -122,8 +122,8 @@ def write_results(results: dict[str, Any], out_dir: str) -> list[str]:
   """Writes results.json and one confusion_<mode>.png per mode; returns the paths."""
   directory = storage.path(out_dir)
   directory.mkdir(parents=True, exist_ok=True)
+  (directory / RESULTS_FILE).write_text(json.dumps(results, indent=1))
   paths = [str(directory / RESULTS_FILE)]
-  storage.path(paths[0]).write_text(json.dumps(results, indent=1))
   for mode, confusion in results['confusion_matrix'].items():
     accuracy = results['metrics'][mode]['top1_combined']
     title = (f"{storage.path(results['workdir']).name} step "
