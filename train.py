@@ -47,7 +47,7 @@ flags.DEFINE_string('workdir', DEFAULT_WORKDIR,
 flags.DEFINE_bool('distributed', False,
                   'Call jax.distributed.initialize() first, for multi-process runs. '
                   'Without the three flags below, JAX detects the cluster (Cloud TPU, '
-                  'SLURM, Open MPI).')
+                  "a SLURM step, Open MPI's mpirun).")
 flags.DEFINE_string('coordinator_address', None,
                     'host:port of process 0, which every process connects to.')
 flags.DEFINE_integer('num_processes', None, 'Processes in the job.')
@@ -71,6 +71,22 @@ def _cluster_flags() -> dict[str, str | int]:
   return given
 
 
+def _initialize_distributed(cluster: dict[str, str | int]) -> None:
+  """jax.distributed.initialize; where JAX finds no cluster to join, one line says so."""
+  try:
+    jax.distributed.initialize(**cluster,
+                               heartbeat_timeout_seconds=FLAGS.heartbeat_timeout_seconds)
+  except ValueError as e:
+    if cluster or 'coordinator_address' not in str(e):
+      raise
+    # JAX 0.10 and 0.11 detect Open MPI 4's mpirun only (it reads
+    # OMPI_MCA_orte_hnp_uri); JAX 0.12 reads Open MPI 5's through mpi4py.
+    raise app.UsageError(
+        '--distributed found no cluster to join (JAX detects Cloud TPU, a SLURM step, and '
+        "Open MPI's mpirun: version 4, or 5 with jax>=0.12 and mpi4py); give "
+        '--coordinator_address, --num_processes and --process_id.') from None
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
@@ -78,8 +94,7 @@ def main(argv):
   if FLAGS.distributed:
     if supervisor.is_supervised():
       supervisor.exit_with_parent()
-    jax.distributed.initialize(**cluster,
-                               heartbeat_timeout_seconds=FLAGS.heartbeat_timeout_seconds)
+    _initialize_distributed(cluster)
   logging.info('JAX %s, process %d/%d, devices: %s', jax.__version__,
                jax.process_index(), jax.process_count(), jax.devices())
   lock.check_workdir(FLAGS.workdir)  # before any pretraining

@@ -1,5 +1,7 @@
 """Two-process jobs (gloo collectives, 4 CPU devices each): they train as one 8-device
 process, and a job that loses a process ends in one line and resumes bit for bit.
+The job is started as a user would: under Open MPI's `mpirun`, in a SLURM
+step's environment, and with the cluster flags on each process.
 
 Every run goes through train.py's own entry point. The parity needs the input
 pipeline's contract: the global batch of step k depends on (seed, k) only,
@@ -7,6 +9,7 @@ and process i of P feeds rows [i*B/P, (i+1)*B/P) of it.
 """
 import os
 import random
+import shutil
 import signal
 import socket
 import subprocess
@@ -55,6 +58,26 @@ def _slurm_job_id() -> int:
   raise AssertionError('no free port in 61440-65535')
 
 
+def _start_mpirun_job(workdir, data_dir, logs):
+  """`mpirun -np 2 python train.py --distributed`: JAX finds the job from Open MPI's
+  environment. -> [mpirun's Popen]; its log, both processes', in logs/{out,err}0.txt."""
+  env = dict(os.environ, JAX_COORDINATOR_PORT=str(_free_port()),
+             # mpirun refuses to start as root (a container's CI) without both.
+             OMPI_ALLOW_RUN_AS_ROOT='1', OMPI_ALLOW_RUN_AS_ROOT_CONFIRM='1')
+  # The runtime's own connections on the loopback only; both processes share
+  # this machine's cores (--oversubscribe: the machine may have fewer slots).
+  # requirements-dev.txt's mpirun, next to this Python, even where its folder is not on PATH.
+  mpirun = shutil.which('mpirun', path=os.pathsep.join(
+      [os.path.dirname(sys.executable), os.environ.get('PATH', '')]))
+  assert mpirun, 'no mpirun: pip install -r requirements-dev.txt'
+  command = [mpirun, '-np', '2', '--oversubscribe', '--mca', 'oob_tcp_if_include', 'lo',
+             '--mca', 'btl_tcp_if_include', 'lo', '-x', 'JAX_COORDINATOR_PORT',
+             *_command(workdir, data_dir, 4), '--distributed',
+             '--jax_cpu_collectives_implementation=gloo']
+  with open(logs / 'out0.txt', 'w') as out, open(logs / 'err0.txt', 'w') as err:
+    return [subprocess.Popen(command, cwd=REPO, env=env, stdout=out, stderr=err)]
+
+
 def _start_job(workdir, data_dir, logs, *, fault=None, extra=(), slurm_job_id=None):
   """Starts a 2-process job writing to logs/{out,err}<i>.txt.
 
@@ -94,13 +117,19 @@ def _finish(processes, logs, timeout=900):
 
 @pytest.fixture(scope='module')
 def uninterrupted(data_dir, tmp_path_factory):
-  """One process with 8 devices, and a 2-process job: {name: (workdir, [(status, out, err)])}."""
+  """One process with 8 devices, and a 2-process job under `mpirun`:
+  {name: (workdir, (status, stdout, stderr))}.
+
+  The 2-process job is the reference of every test below: the SLURM step's
+  losses are compared with it, and the flagged jobs of the lost-process test
+  end bit-identical to it.
+  """
   root = tmp_path_factory.mktemp('multihost')
   # The single process first: it also generates the synthetic data.
   single = subprocess.run(_command(root / 'one', data_dir, 8), cwd=REPO,
                           capture_output=True, text=True, timeout=900)
-  two = _finish(_start_job(root / 'two', data_dir, root), root)
-  return {'one': (root / 'one', [(single.returncode, single.stdout, single.stderr)]),
+  [two] = _finish(_start_mpirun_job(root / 'two', data_dir, root), root)
+  return {'one': (root / 'one', (single.returncode, single.stdout, single.stderr)),
           'two': (root / 'two', two)}
 
 
@@ -109,23 +138,22 @@ def _train_losses(workdir) -> dict[int, float]:
   return tensorboard_scalars.read(workdir).get('train/loss', {})
 
 
-def test_two_processes_train_like_one_and_their_checkpoint_restores(uninterrupted):
-  (one, [single]), (two, outputs) = uninterrupted['one'], uninterrupted['two']
+def test_an_mpirun_job_trains_like_one_process_and_its_checkpoint_restores(uninterrupted):
+  """`mpirun -np 2 ... --distributed`: JAX finds the job from Open MPI's environment."""
+  (one, single), (two, (status, stdout, stderr)) = uninterrupted['one'], uninterrupted['two']
   assert single[0] == 0, single[2][-3000:]
-  for status, _, stderr in outputs:
-    assert status == 0, stderr[-3000:]
-  (_, stdout_0, stderr_0), (_, stdout_1, stderr_1) = outputs
-  assert 'process 0/2' in stderr_0 and 'process 1/2' in stderr_1
-  assert "8 devices" in stderr_0
+  assert status == 0, stderr[-3000:]
+  assert 'process 0/2' in stderr and 'process 1/2' in stderr
+  assert '8 devices' in stderr
   # Process 0 alone reports.
-  assert 'Test accuracy' in stdout_0 and 'Test accuracy' not in stdout_1
+  assert stdout.count('Test accuracy') == 1
+  assert single[1].splitlines()[-1] == stdout.splitlines()[-1]
 
   single_losses, multi_losses = _train_losses(one), _train_losses(two)
   assert sorted(single_losses) == list(range(1, STEPS + 1)), single[2][-2000:]
   assert sorted(multi_losses) == sorted(single_losses)
   for step, loss in single_losses.items():
     assert multi_losses[step] == pytest.approx(loss, rel=1e-4), step
-  assert single[1].splitlines()[-1] == stdout_0.splitlines()[-1]
 
   # The two-process checkpoint restores here (one process, 8 devices).
   assert jax.device_count() == 8
@@ -135,7 +163,7 @@ def test_two_processes_train_like_one_and_their_checkpoint_restores(uninterrupte
                *(jax.device_get(r.variables) for r in restored))
 
 
-def test_a_slurm_step_finds_its_job_and_trains_like_the_flagged_one(
+def test_a_slurm_step_finds_its_job_and_trains_like_the_mpirun_one(
     uninterrupted, data_dir, tmp_path):
   """`--distributed` alone, in the environment of a SLURM step: JAX's own detection."""
   workdir = tmp_path / 'workdir'
@@ -148,6 +176,19 @@ def test_a_slurm_step_finds_its_job_and_trains_like_the_flagged_one(
   assert sorted(got) == sorted(want) == list(range(1, STEPS + 1))
   for step, loss in want.items():
     assert got[step] == pytest.approx(loss, rel=1e-4), step
+
+
+def test_distributed_where_there_is_no_cluster_says_so_in_one_line(tmp_path):
+  # What Open MPI 5's mpirun gives JAX before 0.12 too: nothing it detects.
+  env = {k: v for k, v in os.environ.items() if not k.startswith(('SLURM_', 'OMPI_'))}
+  run = subprocess.run(_command(tmp_path, tmp_path / 'data', 1) + ['--distributed'], cwd=REPO,
+                       env=env, capture_output=True, text=True, timeout=300)
+  assert run.returncode == 2, run.stderr[-3000:]
+  assert 'Traceback' not in run.stderr
+  assert run.stderr.strip().splitlines()[-1].startswith(
+      'error: --distributed found no cluster to join (JAX detects Cloud TPU, a SLURM step, '
+      "and Open MPI's mpirun")
+  assert not (tmp_path / 'data').exists()
 
 
 @pytest.mark.parametrize('lost', [1, 0])
@@ -199,3 +240,8 @@ def test_a_lost_process_ends_the_job_in_one_line_and_the_restart_resumes_exactly
   want = jax.device_get(trained_model.load(str(uninterrupted['two'][0])).variables)
   got = jax.device_get(trained_model.load(str(workdir)).variables)
   jax.tree.map(np.testing.assert_array_equal, got, want)
+  # Step by step, the flagged job (the lost one, then the restart) is the mpirun one.
+  want_losses, got_losses = _train_losses(uninterrupted['two'][0]), _train_losses(workdir)
+  assert sorted(got_losses) == sorted(want_losses) == list(range(1, STEPS + 1))
+  for step, loss in want_losses.items():
+    assert got_losses[step] == pytest.approx(loss, rel=1e-4), step
