@@ -14,6 +14,7 @@ import pytest
 from clan_jax.inference import attention_maps, predict, visualization
 from clan_jax.workdir import compatibility, trained_model
 from clan_jax.data import input_pipeline, synthetic
+from clan_jax.experiments import shared_errors
 from clan_jax.inference.evaluate import evaluate
 from clan_jax.models.attention import spatial_attention
 from clan_jax.training import optimizer, trainer
@@ -404,3 +405,35 @@ def test_exported_model_runs_without_the_package(trained, tmp_path):
     np.testing.assert_allclose(reloaded[f'all/{key}'], leaf, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(reloaded[f'three/{key}'], leaf[:3], rtol=1e-5, atol=1e-6)
   assert len(reloaded.files) == 2 * 5
+
+
+def test_shared_errors_are_the_runs_errors_and_their_birds_are_redrawn_exactly(
+    trained, tmp_path):
+  workdir, train_results = trained
+  summary = shared_errors.write([workdir, workdir], str(tmp_path))
+  # One run twice: every error is shared, as many as its evaluation counted.
+  errors = round((1 - train_results['top1_combined']) * 16)
+  assert [run['errors'] for run in summary['runs']] == [errors, errors]
+  assert len(summary['shared_errors']) == errors
+  assert json.loads((tmp_path / shared_errors.ERRORS_FILE).read_text()) == summary
+  with Image.open(tmp_path / shared_errors.GALLERY_FILE) as gallery:
+    assert gallery.width > 1
+  for error in summary['shared_errors']:
+    assert error['predicted'] == error['predictions'][0] != error['label']
+    # The test config's 4 species differ in the wing alone.
+    assert list(error['details']) == ['wing'] and error['changed_pixels_in_crop'] > 0
+  assert summary['nearest_species']['images_with_no_changed_pixel'] == 0
+
+  # A redrawn example is the stored one, and another species' details change
+  # the bird's detail only: a few percent of the pixels.
+  model = trained_model.load(workdir)
+  dataset = shared_errors.synthetic_config(model.config)
+  builder = input_pipeline.get_dataset_builder(model.config)
+  for example in list(builder.as_dataset(split='test').as_numpy_iterator())[:4]:
+    example_id = example['id'].decode()
+    label = example['label']
+    np.testing.assert_array_equal(shared_errors.redrawn(dataset, example_id, label),
+                                  example['image'])
+    other = shared_errors.redrawn(dataset, example_id, (label + 1) % 4)
+    pixels, levels = shared_errors.difference(other, example['image'])
+    assert 0 < pixels < 0.05 * example['image'][..., 0].size and levels > 16

@@ -23,7 +23,8 @@ LAYERS = (
     ('clan_jax.models', 'clan_jax.data'),
     ('clan_jax.workdir',),
     ('clan_jax.training',),
-    ('clan_jax.inference', 'clan_jax.experiments'),
+    ('clan_jax.inference',),
+    ('clan_jax.experiments',),  # studies of many runs, read with inference's tools
     ('clan_jax.cli',),
     ('train',),  # on the programs' flags and error plumbing, clan_jax/cli/program.py
 )

@@ -190,20 +190,40 @@ class ClanSynthetic(tfds.core.GeneratorBasedBuilder):
 
   def _generate_examples(self, split: str, per_class: int):
     config = self.builder_config
-    # Split names, not positions, keep the splits' images independent.
-    split_seed = int.from_bytes(split.encode(), 'little')
     for index in range(config.num_classes * per_class):
-      label = index % config.num_classes
-      # The source task draws other images too, not the same birds recoloured.
-      rng = np.random.default_rng(
-          [config.seed, split_seed, index, *([_SOURCE_STREAM] if config.source else [])])
-      details = source_details(label, rng) if config.source else species(label)
-      example_id = f'{split}_{index:05d}'
-      yield example_id, {
-          'image': render_bird(details, rng, config.image_size),
-          'label': label,
-          'id': example_id,
+      yield example_id(split, index), {
+          'image': render_example(config, split, index),
+          'label': index % config.num_classes,
+          'id': example_id(split, index),
       }
+
+
+def example_id(split: str, index: int) -> str:
+  """The id of example `index` of `split`. TFDS stores the examples in another order,
+  shuffled by this id; `example_index` gives the index back."""
+  return f'{split}_{index:05d}'
+
+
+def example_index(example_id_: str) -> int:
+  return int(example_id_.rsplit('_', 1)[1])
+
+
+def render_example(config: SyntheticConfig, split: str, index: int,
+                   details: Species | None = None) -> np.ndarray:
+  """Example `index` of `split`: uint8 [S, S, 3].
+
+  details: draw the same bird (pose, plumage, background, every random draw)
+    with these details instead of its class's; the drawing's random draws do
+    not depend on the details, so only the details change.
+  """
+  # Split names, not positions, keep the splits' images independent.
+  split_seed = int.from_bytes(split.encode(), 'little')
+  # The source task draws other images too, not the same birds recoloured.
+  rng = np.random.default_rng(
+      [config.seed, split_seed, index, *([_SOURCE_STREAM] if config.source else [])])
+  label = index % config.num_classes
+  own = source_details(label, rng) if config.source else species(label)
+  return render_bird(details or own, rng, config.image_size)
 
 
 NAME = ClanSynthetic.name
