@@ -423,6 +423,7 @@ def test_shared_errors_are_the_runs_errors_and_their_birds_are_redrawn_exactly(
     # The test config's 4 species differ in the wing alone.
     assert list(error['details']) == ['wing'] and error['changed_pixels_in_crop'] > 0
   assert summary['nearest_species']['images_with_no_changed_pixel'] == 0
+  assert summary['ceiling'] == {'images_like_another_species': 0, 'top1': 1.0}
 
   # A redrawn example is the stored one, and another species' details change
   # the bird's detail only: a few percent of the pixels.

@@ -15,6 +15,11 @@ A label is a mixed-radix number of details, `wing` varying fastest (see
 `species`): up to 32 classes, and the 10 classes of the default config differ
 in wing colour, eye ring and, for two of them, tail bars.
 
+Two knobs make the task harder for every model alike, both off by default:
+`min_scale` lets birds be drawn smaller (their details down to a pixel or
+two), and `occluders` draws up to that many leaves in front of each bird,
+which may hide part of it, a detail included.
+
 `source=True` draws a coarser pretraining task instead, disjoint from the
 species above (`clan_jax/experiments/source_pretraining.py`): 16 classes, wing
 patches in four other colours (green, orange, purple, black) times eye times
@@ -84,6 +89,9 @@ _CENTRE = (0.25, -0.15)
 _HALF_WIDTH, _HALF_HEIGHT = 2.0, 1.5
 # Image fraction the training crop may cut from each side (72 -> 64 crop).
 _CROP_MARGIN = 0.11
+# A bird's body length, in image widths: from min_scale (by default this) to MAX_SCALE.
+DEFAULT_MIN_SCALE = 0.15
+MAX_SCALE = 0.18
 
 
 def species(label: int) -> Species:
@@ -122,6 +130,9 @@ class SyntheticConfig(tfds.core.BuilderConfig):
   image_size: int = 72
   seed: int = 0
   source: bool = False  # the source task (see the module's docstring)
+  # The smallest bird, in body lengths per image width (the largest: MAX_SCALE).
+  min_scale: float = DEFAULT_MIN_SCALE
+  occluders: int = 0  # up to this many leaves in front of each bird
 
   def __post_init__(self):
     most = SOURCE_CLASSES if self.source else MAX_CLASSES
@@ -138,9 +149,18 @@ class SyntheticConfig(tfds.core.BuilderConfig):
       raise UserError(
           f'config.synthetic.image_size={self.image_size} must be at least 32 '
           'so that the local details stay several pixels across.')
+    if not 0 < self.min_scale <= MAX_SCALE:
+      raise UserError(f'config.synthetic.min_scale={self.min_scale} must be in '
+                      f'(0, {MAX_SCALE}].')
+    if self.occluders < 0:
+      raise UserError(f'config.synthetic.occluders={self.occluders} must be at least 0.')
+    # The knobs name the dataset only when set, so the default's name (and
+    # every data directory prepared before them) stays.
     self.name = (f'c{self.num_classes}_train{self.train_per_class}'
                  f'_test{self.test_per_class}_px{self.image_size}'
-                 f'_seed{self.seed}' + ('_source' if self.source else ''))
+                 f'_seed{self.seed}' + ('_source' if self.source else '')
+                 + (f'_scale{self.min_scale:g}' if self.min_scale != DEFAULT_MIN_SCALE else '')
+                 + (f'_occluders{self.occluders}' if self.occluders else ''))
 
 
 class ClanSynthetic(tfds.core.GeneratorBasedBuilder):
@@ -223,7 +243,8 @@ def render_example(config: SyntheticConfig, split: str, index: int,
       [config.seed, split_seed, index, *([_SOURCE_STREAM] if config.source else [])])
   label = index % config.num_classes
   own = source_details(label, rng) if config.source else species(label)
-  return render_bird(details or own, rng, config.image_size)
+  return render_bird(details or own, rng, config.image_size, min_scale=config.min_scale,
+                     occluders=config.occluders)
 
 
 NAME = ClanSynthetic.name
@@ -238,6 +259,8 @@ def synthetic_builder(
     image_size: int,
     seed: int,
     source: bool = False,
+    min_scale: float = DEFAULT_MIN_SCALE,
+    occluders: int = 0,
 ) -> tfds.core.DatasetBuilder:
   """Returns the (possibly not yet prepared) builder of one dataset size.
 
@@ -249,10 +272,13 @@ def synthetic_builder(
     image_size: height and width of the square images, at least 32.
     seed: the same seed gives byte-identical images.
     source: the source task, disjoint from the species (see the module's docstring).
+    min_scale: the smallest bird's body length, in image widths.
+    occluders: up to this many leaves in front of each bird.
   """
   config = SyntheticConfig(
       num_classes=num_classes, train_per_class=train_per_class,
-      test_per_class=test_per_class, image_size=image_size, seed=seed, source=source)
+      test_per_class=test_per_class, image_size=image_size, seed=seed, source=source,
+      min_scale=min_scale, occluders=occluders)
   # TFDS refuses a custom config named like a registered one: use the latter.
   config = ClanSynthetic.builder_configs.get(config.name, config)
   return ClanSynthetic(data_dir=data_dir, config=config)
@@ -268,13 +294,17 @@ def synthetic_builder(
 Rgb = tuple[float, float, float] | np.ndarray
 
 
-def render_bird(details: Species, rng: np.random.Generator,
-                image_size: int) -> np.ndarray:
-  """Draws one bird with the given details: uint8 [image_size, image_size, 3]."""
+def render_bird(details: Species, rng: np.random.Generator, image_size: int, *,
+                min_scale: float = DEFAULT_MIN_SCALE, occluders: int = 0) -> np.ndarray:
+  """Draws one bird with the given details: uint8 [image_size, image_size, 3].
+
+  min_scale: the smallest bird's body length, in image widths.
+  occluders: up to this many leaves drawn in front of the bird.
+  """
   ys, xs = np.mgrid[:image_size, :image_size] + 0.5
   canvas = _background(rng, xs / image_size, ys / image_size)
 
-  scale = image_size * rng.uniform(0.15, 0.18)  # pixels per body length
+  scale = image_size * rng.uniform(min_scale, MAX_SCALE)  # pixels per body length
   lo = image_size * _CROP_MARGIN
   hi = image_size - lo
   cx = _uniform_or_middle(rng, lo + _HALF_WIDTH * scale,
@@ -289,6 +319,10 @@ def render_bird(details: Species, rng: np.random.Generator,
   u = facing * ((xs - cx) * cos + (ys - cy) * sin) / scale + _CENTRE[0]
   v = (-(xs - cx) * sin + (ys - cy) * cos) / scale + _CENTRE[1]
   _draw_bird(canvas, details, rng, u, v, pixel=1.0 / scale)
+  # Drawn only when asked for: with none, the random draws (and so the
+  # images) are those of the task before this knob.
+  if occluders:
+    _draw_occluders(canvas, rng, xs - cx, ys - cy, scale, occluders)
   return _jitter_colours(canvas, rng)
 
 
@@ -374,6 +408,26 @@ def _draw_bird(canvas: np.ndarray, details: Species, rng: np.random.Generator,
   if details.eye == 'ringed':
     paint(_ellipse(u, v, centre=eye, radii=(0.28, 0.28)), (0.97, 0.97, 0.97))
   paint(_ellipse(u, v, centre=eye, radii=(0.1, 0.1)), (0.02, 0.02, 0.02))
+
+
+def _draw_occluders(canvas: np.ndarray, rng: np.random.Generator, dx: np.ndarray,
+                    dy: np.ndarray, scale: float, most: int) -> None:
+  """0 to `most` leaves in front of the bird, each centred within its bounding box.
+
+  Args:
+    canvas: [H, W, 3], painted in place.
+    rng: random generator.
+    dx, dy: [H, W] pixel offsets from the centre of the bird's bounding box.
+    scale: pixels per body length.
+    most: the most leaves.
+  """
+  for _ in range(rng.integers(0, most + 1)):
+    centre = rng.uniform(-1, 1, size=2) * np.array([_HALF_WIDTH, _HALF_HEIGHT]) * scale
+    radii = rng.uniform(0.15, 0.45, size=2) * scale
+    rgb = colorsys.hsv_to_rgb(rng.uniform(0.1, 0.4), rng.uniform(0.3, 0.8),
+                              rng.uniform(0.2, 0.7))
+    sdf = _ellipse(dx, dy, centre=centre, radii=radii, angle=rng.uniform(0, np.pi))
+    _paint(canvas, _coverage(sdf, 1.0), rgb)
 
 
 def _jitter_colours(canvas: np.ndarray, rng: np.random.Generator) -> np.ndarray:

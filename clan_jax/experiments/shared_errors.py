@@ -13,7 +13,9 @@ drawings differ in no pixel of the crop that evaluation keeps, the deciding
 detail is invisible there and the image cannot be told apart; otherwise the
 pixels that differ are the evidence the model had, counted here for each
 shared error and, for comparison, for every image of the split against the
-species closest to it.
+species closest to it. Over the whole split, the images that look like some
+other species' in the crop give the task's ceiling: the most any model can
+score (`species_evidence`).
 """
 import dataclasses
 import json
@@ -146,22 +148,30 @@ def evidence(config: ml_collections.ConfigDict, dataset: synthetic.SyntheticConf
           'changed_pixels_in_crop': pixels, 'mean_change_levels': round(levels, 1)}
 
 
-def nearest_species_evidence(config: ml_collections.ConfigDict,
-                             dataset: synthetic.SyntheticConfig,
-                             example_ids: list[str]) -> np.ndarray:
-  """For each synthetic image, `difference` in the evaluation crop from the same bird
-  as the species closest to its own (one detail changed; of those, the one
-  that changes the fewest pixels). -> [N, 2]: pixels, mean change."""
-  closest = []
+def species_evidence(config: ml_collections.ConfigDict, dataset: synthetic.SyntheticConfig,
+                     example_ids: list[str]) -> tuple[np.ndarray, np.ndarray]:
+  """Each synthetic image against the same bird drawn as every other species.
+
+  Returns:
+    (`difference` in the evaluation crop from the species closest to its own
+     (one detail changed; of those, the one that changes the fewest pixels),
+     [N, 2]: pixels, mean change;
+     how many species, its own included, look the same as it there (no pixel
+     changed), [N]: a model can at best guess among them, so the mean of 1 /
+     that is the most any model can score on these images.)
+  """
+  closest, alike = [], []
   for example_id in example_ids:
     label = synthetic.example_index(example_id) % dataset.num_classes
     image = _crop(redrawn(dataset, example_id, label), config)
-    others = [other for other in range(dataset.num_classes)
-              if sum(a != b for a, b in zip(synthetic.species(label),
-                                            synthetic.species(other))) == 1]
-    closest.append(min(difference(image, _crop(redrawn(dataset, example_id, o), config))
-                       for o in others))
-  return np.asarray(closest)
+    differences = {other: difference(image, _crop(redrawn(dataset, example_id, other), config))
+                   for other in range(dataset.num_classes) if other != label}
+    neighbours = [other for other in differences
+                  if sum(a != b for a, b in zip(synthetic.species(label),
+                                                synthetic.species(other))) == 1]
+    closest.append(min(differences[other] for other in neighbours))
+    alike.append(1 + sum(pixels == 0 for pixels, _ in differences.values()))
+  return np.asarray(closest), np.asarray(alike)
 
 
 def gallery(config: ml_collections.ConfigDict, dataset: synthetic.SyntheticConfig,
@@ -219,11 +229,14 @@ def write(workdirs: list[str], out_dir: str, split: str = 'test') -> dict[str, A
     dataset = synthetic_config(config)
     for entry, error in zip(summary['shared_errors'], shared):
       entry.update(evidence(config, dataset, error))
-    closest = nearest_species_evidence(config, dataset, example_ids)
+    closest, alike = species_evidence(config, dataset, example_ids)
     summary['nearest_species'] = {
         'changed_pixels_in_crop': _spread(closest[:, 0]),
         'mean_change_levels': _spread(closest[:, 1]),
         'images_with_no_changed_pixel': int(np.sum(closest[:, 0] == 0))}
+    summary['ceiling'] = {
+        'images_like_another_species': int(np.sum(alike > 1)),
+        'top1': round(float(np.mean(1 / alike)), 4)}
     storage.write_image(gallery(config, dataset, shared, summary['class_names']),
                         str(directory / GALLERY_FILE))
   (directory / ERRORS_FILE).write_text(json.dumps(summary, indent=1))

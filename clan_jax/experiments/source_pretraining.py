@@ -45,6 +45,10 @@ def source_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDic
   source.init.backbone_weights = None
   source.init.checkpoint = None
   source.data.synthetic.source = True
+  # The source task stands in for ImageNet: one clean task whatever the target's
+  # difficulty, so every target setting fine-tunes the same cached backbone.
+  source.data.synthetic.min_scale = synthetic.DEFAULT_MIN_SCALE
+  source.data.synthetic.occluders = 0
   source.data.synthetic.num_classes = synthetic.SOURCE_CLASSES
   source.data.synthetic.train_per_class = recipe.train_per_class
   source.data.validation_percent = 0
@@ -70,6 +74,10 @@ def _fingerprint(source: ml_collections.ConfigDict) -> str:
   # Where the data lives, how the run is cut up and which devices run it
   # change nothing that is saved.
   fields['data'].pop('data_dir')
+  # Fixed for the source task (above); left out, the backbones cached before
+  # these knobs existed keep their names.
+  for name in ('min_scale', 'occluders'):
+    fields['data']['synthetic'].pop(name)
   for name in ('mesh', 'checkpoint', 'log_every_steps', 'eval_every_epochs'):
     fields.pop(name)
   for name in ('dtype', 'remat', 'remat_policy'):

@@ -43,6 +43,8 @@ FIELD_RULES: list[Rule] = [
     integer('data.synthetic.image_size', 32),
     integer('data.synthetic.seed', 0),
     boolean('data.synthetic.source'),
+    number('data.synthetic.min_scale', 0, synthetic.MAX_SCALE, low_open=True),
+    integer('data.synthetic.occluders', 0),
     integer('data.resize_size', 1),
     integer('data.image_size', 1),
     boolean('data.cache'),
