@@ -1,6 +1,8 @@
 """Runs train.py with one fault injected, for the interruption tests (tests/test_resume.py).
 
   CLAN_JAX_FAULT=<fault>:<step> python tests/faults.py <train.py flags>
+  CLAN_JAX_FAULT=<fault>:<step> CLAN_JAX_FAULT_MODULE=clan_jax.cli.ablate \
+      python tests/faults.py <its flags>     # another program that trains in-process
 
 Faults, each at train step <step> (after the step's update, where the trainer
 asks whether to stop):
@@ -78,6 +80,9 @@ checkpointing.Checkpointer.reached_preemption = _reached_preemption(
     checkpointing.Checkpointer.reached_preemption)
 checkpointing.Checkpointer.save = _save(checkpointing.Checkpointer.save)
 steps.jit_train_step = _jit_train_step(steps.jit_train_step)
-sys.argv[0] = os.path.join(REPO, 'train.py')
 os.chdir(REPO)
-runpy.run_path(sys.argv[0], run_name='__main__')
+if 'CLAN_JAX_FAULT_MODULE' in os.environ:
+  runpy.run_module(os.environ['CLAN_JAX_FAULT_MODULE'], run_name='__main__', alter_sys=True)
+else:
+  sys.argv[0] = os.path.join(REPO, 'train.py')
+  runpy.run_path(sys.argv[0], run_name='__main__')

@@ -17,9 +17,28 @@ def test_ablation_trains_pairs_and_reports_then_skips_finished_runs(tmp_path):
   # both prepare the missing dataset.
   command = [sys.executable, '-m', 'clan_jax.cli.ablate', '--config=configs/default.py',
              f'--workdir={root}', *test_docs.TINY,
+             # One source step: the fault below stops step 2 of the first run, not this.
+             '--config.init.source_pretraining.num_train_steps=1',
              f'--config.data.data_dir={tmp_path / "data"}', '--variants=plain,clan',
              '--seeds=0,1', '--learning_rates=0.05,0.1', '--config.eval_every_epochs=1',
              '--jobs=2']
+  # First, one run stopped by SIGTERM: the study stops, records nothing for
+  # it, and the next call resumes it.
+  stopped_run = root / 'plain' / 'lr0.05' / 'seed0'
+  stopped = subprocess.run(
+      [sys.executable, 'tests/faults.py', *command[3:-5], '--variants=plain', '--seeds=0',
+       '--learning_rates=0.05', '--config.eval_every_epochs=1'], cwd=REPO,
+      capture_output=True, text=True, timeout=900,
+      env={**os.environ, 'CLAN_JAX_FAULT': 'sigterm:2',
+           'CLAN_JAX_FAULT_MODULE': 'clan_jax.cli.ablate'})
+  assert stopped.returncode == 0, stopped.stderr[-3000:]
+  assert stopped.stdout.strip().splitlines()[-1] == (
+      f'Stopped: {stopped_run} saved a checkpoint and will resume; run the same command to '
+      'go on with the study.')
+  assert (stopped_run / 'checkpoints').is_dir()
+  assert not (stopped_run / 'ablation_run.json').exists()
+  assert not (root / 'ablation.md').exists()
+
   first = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=900)
   assert first.returncode == 0, first.stderr[-3000:]
   table = (root / 'ablation.md').read_text()

@@ -80,9 +80,13 @@ def main(argv: Sequence[str]) -> None:
   lock.check_workdir(FLAGS.workdir)
   config = program.config_flag()
   rates = [float(r) for r in FLAGS.learning_rates] or [config.optim.learning_rate]
-  table, runs = ablation.run_study(
-      config, FLAGS.workdir, variants=FLAGS.variants, seeds=_seeds(),
-      learning_rates=rates, validation_percent=FLAGS.validation_percent, jobs=FLAGS.jobs)
+  try:
+    table, runs = ablation.run_study(
+        config, FLAGS.workdir, variants=FLAGS.variants, seeds=_seeds(),
+        learning_rates=rates, validation_percent=FLAGS.validation_percent, jobs=FLAGS.jobs)
+  except ablation.Stopped as stopped:
+    print(stopped)  # as train.py on SIGTERM: the work is saved, exit status 0
+    return
   total = sum(r['seconds'] for r in runs.values())
   print(table)
   print(f'{len(runs)} runs, {total / 60:.1f} min of training in all '

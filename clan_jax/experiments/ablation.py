@@ -56,10 +56,19 @@ def finished_run(workdir: str) -> dict | None:
   return json.loads(record_path.read_text())
 
 
-def run_once(config: ml_collections.ConfigDict, workdir: str) -> dict:
-  """Trains (or resumes) one run; returns what `ablation_report` reads."""
+class Stopped(Exception):
+  """A run was stopped before its end (SIGTERM, Ctrl-C): the study stops there."""
+
+
+def run_once(config: ml_collections.ConfigDict, workdir: str) -> dict | None:
+  """Trains (or resumes) one run; returns what `ablation_report` reads.
+
+  A run stopped before its end returns None and records nothing, so that the
+  next study resumes it instead of counting it as finished.
+  """
   start = time.time()
-  trainer.train_and_evaluate(config, workdir)
+  if 'stopped' in trainer.train_and_evaluate(config, workdir):
+    return None
   record = {'seconds': time.time() - start,
             'history': ablation_report.read_history(workdir)}
   (storage.path(workdir) / RUN_FILE).write_text(json.dumps(record))
@@ -89,6 +98,10 @@ def run_study(base: ml_collections.ConfigDict, root: str, *, variants: Sequence[
   trained again; with none left to train, nothing is. Writes `root`/REPORT_FILE
   and `root`/PLOT_FILE; returns the markdown report and the runs, keyed
   (variant, learning rate, seed).
+
+  Raises:
+    Stopped: a run stopped before its end (SIGTERM, Ctrl-C); it, and the runs
+      not started, are left for the next call.
   """
   # Learning rate, then seed, outermost: a study stopped early has every
   # variant on the same runs so far.
@@ -107,9 +120,13 @@ def run_study(base: ml_collections.ConfigDict, root: str, *, variants: Sequence[
       # Every run's config is checked here, before any run trains.
       todo[variant, rate, seed] = config_validation.validate(
           run_config(base, variant, seed, rate, validation_percent))
+  stopped = []
   if jobs == 1 or len(todo) < 2:
     for key, config in todo.items():
       runs[key] = run_once(config, plan[key])
+      if runs[key] is None:
+        stopped.append(plan[key])
+        break
       _log_finished(key, runs[key])
   else:
     # Workers that each found the dataset missing would prepare it at once,
@@ -123,7 +140,13 @@ def run_study(base: ml_collections.ConfigDict, root: str, *, variants: Sequence[
                  for key, config in todo.items()}
       for future in futures.as_completed(pending):
         runs[pending[future]] = future.result()
-        _log_finished(pending[future], runs[pending[future]])
+        if runs[pending[future]] is None:
+          stopped.append(plan[pending[future]])
+        else:
+          _log_finished(pending[future], runs[pending[future]])
+  if stopped:
+    raise Stopped(f'Stopped: {", ".join(stopped)} saved a checkpoint and will resume; '
+                  'run the same command to go on with the study.')
   table, chosen = ablation_report.summarize(runs)
   (storage.path(root) / REPORT_FILE).write_text(table)
   ablation_report.plot_validation(runs, chosen, storage.path(root) / PLOT_FILE)
