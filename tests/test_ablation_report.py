@@ -8,11 +8,24 @@ from clan_jax.experiments import ablation_report
 
 
 def _run(test_top1: float, validation: float = 0.5) -> dict:
-  """A run record whose best validation step (2) has combined test top-1 `test_top1`."""
+  """A run record whose last step (2) has combined test top-1 `test_top1`."""
   return {'seconds': 1.0, 'history': {
       ablation_report.VALIDATION: {'1': validation - 0.1, '2': validation},
       'eval/top1_combined': {'1': 0.0, '2': test_top1},
       'eval/top1_top': {'1': 0.0, '2': test_top1 - 0.01}}}
+
+
+def test_a_run_is_read_at_its_last_evaluation_or_its_best_on_validation():
+  # Steps as JSON writes them; the best validation (step 20) is not the last.
+  history = {ablation_report.VALIDATION: {'10': 0.5, '20': 0.9, '30': 0.8, '40': 0.8},
+             'eval/top1_combined': {'10': 0.4, '20': 0.6, '30': 0.7, '40': 0.75}}
+  assert ablation_report.selected(history, 'final') == (40, 0.8, {'combined': 0.75})
+  assert ablation_report.selected(history, 'best_validation') == (20, 0.9, {'combined': 0.6})
+  # Ties on validation go to the earliest step.
+  history[ablation_report.VALIDATION]['20'] = 0.8
+  assert ablation_report.selected(history, 'best_validation')[0] == 20
+  with pytest.raises(ValueError, match="select='best'; allowed: \\['final', 'best_validation'\\]"):
+    ablation_report.selected(history, 'best')
 
 
 def test_paired_difference_and_its_standard_error():
@@ -38,14 +51,14 @@ def test_summary_tables_per_seed_with_paired_differences_and_flags():
           **{('clan', 0.1, s): _run(v) for s, v in enumerate(clan)},
           # A worse rate on validation is not chosen, whatever its test accuracy.
           **{('clan', 0.5, s): _run(0.99, validation=0.1) for s in range(5)}}
-  table, chosen = ablation_report.summarize(runs)
+  table, chosen = ablation_report.summarize(runs, 'final')
   assert chosen == {'plain': 0.1, 'clan': 0.1}
   per_seed = [line for line in table.splitlines() if line.startswith(('| plain | 60', '| clan | 65'))]
   assert per_seed[0].startswith('| plain | 60.0 | 62.0 | 58.0 | 61.0 | 20.0† |')
   differences = 100 * (np.array(clan) - np.array(plain))
   expected = (f'{differences.mean():+.1f} ± '
               f'{differences.std(ddof=1) / math.sqrt(5):.1f} (5)')
-  assert per_seed[1].endswith(f'| {expected} |')
+  assert f'| clan | {expected} |' in table.splitlines()
   assert 'plain seed 4 (20.0)' in table and 'collapsed' in table
   # The per-branch table: the mean ± std of every seed, the collapsed one included.
   assert f'**{100 * np.mean(plain):.1f} ± {100 * np.std(plain, ddof=1):.1f}**' in table
@@ -53,7 +66,7 @@ def test_summary_tables_per_seed_with_paired_differences_and_flags():
 
 def test_validation_plot_shows_every_seed(tmp_path):
   runs = {(v, 0.1, s): _run(0.5 + 0.01 * s) for v in ('plain', 'clan') for s in range(3)}
-  _, chosen = ablation_report.summarize(runs)
+  _, chosen = ablation_report.summarize(runs, 'best_validation')
   path = tmp_path / 'validation.png'
   ablation_report.plot_validation(runs, chosen, str(path))
   assert path.stat().st_size > 1000

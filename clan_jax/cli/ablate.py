@@ -12,9 +12,11 @@ block only, `clan` both.
 The protocol is the same for every variant: each (variant, learning rate,
 seed) trains in its own workdir, `ROOT/<variant>/lr<rate>/seed<seed>`, with
 `config.data.validation_percent` of the training split held out. A variant's
-learning rate is the one with the best mean validation top-1 over seeds; each
-run's test accuracy is read at the step of its best validation top-1. The test
-split never chooses anything. Seeds are `--seeds` (a list) or `--num_seeds`
+learning rate is the one with the best mean validation top-1 over seeds. Each
+run is read at one step, `--select`: `final`, its last evaluation (the default:
+the run at convergence), or `best_validation`, the step of its best validation
+top-1 (noisy where the held-out split is small). The test split never chooses
+anything. Seeds are `--seeds` (a list) or `--num_seeds`
 from `--seed_offset`; every variant runs on the same seeds, so the variants
 are compared seed by seed.
 
@@ -32,7 +34,7 @@ from absl import app, flags
 
 from clan_jax import storage
 from clan_jax.cli import program
-from clan_jax.experiments import ablation
+from clan_jax.experiments import ablation, ablation_report
 from clan_jax.workdir import lock
 
 program.define_config_file(
@@ -54,6 +56,9 @@ flags.DEFINE_list('learning_rates', [],
 flags.DEFINE_integer('validation_percent', 10,
                      'Held-out share of the training split for model selection, '
                      'used when the config has none.')
+flags.DEFINE_enum('select', 'final', ablation_report.SELECTIONS,
+                  'The step each run is read at: its last evaluation, or its best on '
+                  'validation.')
 FLAGS = flags.FLAGS
 
 
@@ -83,7 +88,8 @@ def main(argv: Sequence[str]) -> None:
   try:
     table, runs = ablation.run_study(
         config, FLAGS.workdir, variants=FLAGS.variants, seeds=_seeds(),
-        learning_rates=rates, validation_percent=FLAGS.validation_percent, jobs=FLAGS.jobs)
+        learning_rates=rates, validation_percent=FLAGS.validation_percent,
+        select=FLAGS.select, jobs=FLAGS.jobs)
   except ablation.Stopped as stopped:
     print(stopped)  # as train.py on SIGTERM: the work is saved, exit status 0
     return

@@ -80,29 +80,33 @@ def _run_in_process(config_dict: dict, workdir: str) -> dict:
   return run_once(ml_collections.ConfigDict(config_dict), workdir)
 
 
-def _log_finished(key: tuple[str, float, int], run: dict) -> None:
-  step, test = ablation_report.selected(run['history'])
+def _log_finished(key: tuple[str, float, int], run: dict, select: str) -> None:
+  step, _, test = ablation_report.selected(run['history'], select)
   logging.info('ablation: %s, learning rate %g, seed %d finished in %.1f min: test top-1 '
-               '%.2f%% at step %d, its best on validation.', *key, run['seconds'] / 60,
-               100 * test['combined'], step)
+               '%.2f%% at step %d (select=%s).', *key, run['seconds'] / 60,
+               100 * test['combined'], step, select)
 
 
 def run_study(base: ml_collections.ConfigDict, root: str, *, variants: Sequence[str],
               seeds: Sequence[int], learning_rates: Sequence[float],
-              validation_percent: int, jobs: int = 1) -> tuple[str, dict]:
+              validation_percent: int, select: str, jobs: int = 1
+              ) -> tuple[str, dict]:
   """Every (variant, learning rate, seed) run under `root`, then the report.
 
   `jobs` runs train at a time, each in its own process. The source backbone
   of `base` (config.init.source_pretraining) is pretrained first, once, and
   every run starts from it. Runs that finished earlier are read back, not
   trained again; with none left to train, nothing is. Writes `root`/REPORT_FILE
-  and `root`/PLOT_FILE; returns the markdown report and the runs, keyed
+  and `root`/PLOT_FILE, each run read at the step `select` names (one of
+  ablation_report.SELECTIONS); returns the markdown report and the runs, keyed
   (variant, learning rate, seed).
 
   Raises:
     Stopped: a run stopped before its end (SIGTERM, Ctrl-C); it, and the runs
       not started, are left for the next call.
   """
+  if select not in ablation_report.SELECTIONS:
+    raise ValueError(f'select={select!r}; allowed: {list(ablation_report.SELECTIONS)}.')
   # Learning rate, then seed, outermost: a study stopped early has every
   # variant on the same runs so far.
   plan = {(variant, rate, seed): str(storage.path(root) / variant / f'lr{rate:g}' / f'seed{seed}')
@@ -127,7 +131,7 @@ def run_study(base: ml_collections.ConfigDict, root: str, *, variants: Sequence[
       if runs[key] is None:
         stopped.append(plan[key])
         break
-      _log_finished(key, runs[key])
+      _log_finished(key, runs[key], select)
   else:
     # Workers that each found the dataset missing would prepare it at once,
     # into the same directory, and all but one would fail: prepare it here.
@@ -143,11 +147,11 @@ def run_study(base: ml_collections.ConfigDict, root: str, *, variants: Sequence[
         if runs[pending[future]] is None:
           stopped.append(plan[pending[future]])
         else:
-          _log_finished(pending[future], runs[pending[future]])
+          _log_finished(pending[future], runs[pending[future]], select)
   if stopped:
     raise Stopped(f'Stopped: {", ".join(stopped)} saved a checkpoint and will resume; '
                   'run the same command to go on with the study.')
-  table, chosen = ablation_report.summarize(runs)
+  table, chosen = ablation_report.summarize(runs, select)
   (storage.path(root) / REPORT_FILE).write_text(table)
   ablation_report.plot_validation(runs, chosen, storage.path(root) / PLOT_FILE)
   return table, runs

@@ -3,9 +3,15 @@
 A run's history is {tag: {step: value}} for the 'eval/top1_*' (test) and
 'validation/top1_*' scalars that `train.py` writes at every evaluation.
 
+Each run is read at one step, by one of SELECTIONS: 'final', its last
+evaluation (the run at convergence; validation then chooses only the learning
+rate), or 'best_validation', the step of its best validation top-1. A small
+held-out split makes the second a noisy pick: with 64 validation images, one
+image is 1.6 points, and the best step can be an early one.
+
 The report is a statistic over seeds: per variant, the test top-1 of every
-seed, their mean and sample standard deviation, and the difference to the
-baseline variant paired by seed, with its standard error. A run far below its
+seed, their mean and sample standard deviation, and the difference of every
+two variants paired by seed, with its standard error. A run far below its
 variant's median (COLLAPSE_FRACTION) is flagged, not silently averaged.
 """
 from collections.abc import Mapping, Sequence
@@ -18,10 +24,10 @@ import tensorflow as tf
 from clan_jax import storage
 
 VALIDATION = 'validation/top1_combined'
-BASELINE = 'plain'
 # A run below this fraction of its variant's median test top-1 collapsed.
 COLLAPSE_FRACTION = 0.8
 COLLAPSED_MARK = '†'
+SELECTIONS = ('final', 'best_validation')
 
 Runs = Mapping[tuple[str, float, int], Mapping]  # (variant, lr, seed) -> run record
 
@@ -51,26 +57,33 @@ def _steps(history: Mapping[str, Mapping]) -> dict[str, dict[int, float]]:
   return {tag: {int(s): v for s, v in values.items()} for tag, values in history.items()}
 
 
-def selected(history: Mapping[str, Mapping]) -> tuple[int, dict[str, float]]:
-  """(the step of best validation top-1, the test top-1 of every branch there).
+def _selected_step(validation: Mapping[int, float], select: str) -> int:
+  if select == 'final':
+    return max(validation)
+  if select == 'best_validation':  # ties go to the earliest step
+    return max(sorted(validation), key=lambda s: validation[s])
+  raise ValueError(f'select={select!r}; allowed: {list(SELECTIONS)}.')
 
-  Ties go to the earliest step.
-  """
+
+def selected(history: Mapping[str, Mapping], select: str
+             ) -> tuple[int, float, dict[str, float]]:
+  """(the step `select` reads, validation top-1 there, the test top-1 of every branch there)."""
   history = _steps(history)
   validation = history[VALIDATION]
-  step = max(sorted(validation), key=lambda s: validation[s])
+  step = _selected_step(validation, select)
   test = {tag[len('eval/top1_'):]: values[step] for tag, values in history.items()
           if tag.startswith('eval/top1_')}
-  return step, test
+  return step, validation[step], test
 
 
-def choose_rates(runs: Runs) -> dict[str, float]:
-  """Each variant's learning rate: the best mean (over seeds) of best validation top-1."""
+def choose_rates(runs: Runs, select: str) -> dict[str, float]:
+  """Each variant's learning rate: the best mean (over seeds) of validation top-1 at
+  the step `select` reads."""
   chosen = {}
   for variant in dict.fromkeys(v for v, _, _ in runs):
     rates = sorted({r for v, r, _ in runs if v == variant})
     mean_validation = {
-        rate: np.mean([max(_steps(run['history'])[VALIDATION].values())
+        rate: np.mean([selected(run['history'], select)[1]
                        for (v, r, _), run in runs.items() if (v, r) == (variant, rate)])
         for rate in rates}
     chosen[variant] = max(rates, key=lambda r: mean_validation[r])
@@ -103,19 +116,20 @@ def paired_difference(a: Mapping[int, float], b: Mapping[int, float]
           float(differences.std(ddof=1) / math.sqrt(len(seeds))), len(seeds))
 
 
-def summarize(runs: Runs) -> tuple[str, dict[str, float]]:
+def summarize(runs: Runs, select: str) -> tuple[str, dict[str, float]]:
   """The markdown report, and each variant's learning rate chosen on validation.
 
-  Three tables: per-branch means; combined test top-1 per seed with mean, std
-  and the paired difference to BASELINE; and the runs flagged as collapsed.
+  Three tables: per-branch means; combined test top-1 per seed with mean and
+  std, collapsed runs flagged; and the paired difference of every two variants.
 
   Args:
     runs: {(variant, learning rate, seed): {'history': ..., 'seconds': ...}}.
+    select: which step of each run is read, one of SELECTIONS.
   """
-  chosen = choose_rates(runs)
+  chosen = choose_rates(runs, select)
   variants = list(chosen)
-  tests = {v: {s: selected(run['history'])[1] for s, run in _chosen_runs(runs, chosen, v).items()}
-           for v in variants}
+  tests = {v: {s: selected(run['history'], select)[2]
+               for s, run in _chosen_runs(runs, chosen, v).items()} for v in variants}
   combined = {v: {s: 100 * t['combined'] for s, t in tests[v].items()} for v in variants}
   # In the model's output order: the variant with most branches lists them first.
   per_run = sorted((list(t) for v in variants for t in tests[v].values()), key=len, reverse=True)
@@ -126,8 +140,7 @@ def summarize(runs: Runs) -> tuple[str, dict[str, float]]:
   lines = [_row(header), _rule(header)]
   for variant in variants:
     picked = _chosen_runs(runs, chosen, variant)
-    validation = [100 * max(_steps(run['history'])[VALIDATION].values())
-                  for run in picked.values()]
+    validation = [100 * selected(run['history'], select)[1] for run in picked.values()]
     cells = [variant, f'{chosen[variant]:g}', str(len(picked)), _mean_std(validation)]
     cells += [_mean_std([100 * t[b] for t in tests[variant].values()])
               if b in next(iter(tests[variant].values())) else '' for b in branches]
@@ -135,8 +148,7 @@ def summarize(runs: Runs) -> tuple[str, dict[str, float]]:
     lines.append(_row(cells))
 
   seeds = sorted({s for v in variants for s in combined[v]})
-  header = ['variant', *[f'seed {s}' for s in seeds], 'mean ± std',
-            f'paired difference to {BASELINE} ± s.e. (seeds)']
+  header = ['variant', *[f'seed {s}' for s in seeds], 'mean ± std']
   lines += ['', _row(header), _rule(header)]
   flagged = []
   for variant in variants:
@@ -147,18 +159,28 @@ def summarize(runs: Runs) -> tuple[str, dict[str, float]]:
         (f'{values[s]:.1f}{COLLAPSED_MARK if s in down else ""}' if s in values else '')
         for s in seeds]
     cells.append(_mean_std(list(values.values())))
-    if variant != BASELINE and BASELINE in combined:
-      diff, error, n = paired_difference(values, combined[BASELINE])
-      cells.append(f'{diff:+.1f} ± {error:.1f} ({n})')
-    else:
-      cells.append('')
+    lines.append(_row(cells))
+
+  # Every pair once: a row's variant minus an earlier column's, seed by seed.
+  header = ['paired difference ± s.e. (seeds): row - column', *variants[:-1]]
+  lines += ['', _row(header), _rule(header)]
+  for row, variant in enumerate(variants[1:], start=1):
+    cells = [variant]
+    for other in variants[:-1]:
+      if variants.index(other) < row:
+        diff, error, n = paired_difference(combined[variant], combined[other])
+        cells.append(f'{diff:+.1f} ± {error:.1f} ({n})')
+      else:
+        cells.append('')
     lines.append(_row(cells))
   lines.append('')
-  lines.append('Top-1 %, test accuracy at each run\'s best validation step; mean ± sample '
-               'standard deviation over seeds; lr chosen per variant by mean best '
-               'validation top-1. The paired difference is the mean over seeds of '
-               f'(variant - {BASELINE}) on the same seed, ± its standard error (std of the '
-               'differences / sqrt(seeds)).')
+  step = {'final': 'last evaluation (at convergence)',
+          'best_validation': 'best validation step'}[select]
+  lines.append(f'Top-1 %, test and validation accuracy at each run\'s {step}; mean ± sample '
+               'standard deviation over seeds; lr chosen per variant by mean validation '
+               'top-1 there. A paired difference is the mean over seeds of (row - column) '
+               'on the same seed, ± its standard error (std of the differences / '
+               'sqrt(seeds)).')
   if flagged:
     lines.append(f'{COLLAPSED_MARK} collapsed: below {COLLAPSE_FRACTION:.0%} of its variant\'s '
                  'median, and still counted in the mean: ' + ', '.join(
