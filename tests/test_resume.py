@@ -187,7 +187,9 @@ def test_nan_skips_the_update_when_configured(env, data_dir, reference, tmp_path
 
 
 def _truncate_data_files(step_dir) -> None:
-  for path in glob.glob(os.path.join(step_dir, '**', 'd', '*'), recursive=True):
+  paths = glob.glob(os.path.join(step_dir, '**', 'd', '*'), recursive=True)
+  assert paths, f'no data files to damage under {step_dir}: {sorted(os.listdir(step_dir))}'
+  for path in paths:
     with open(path, 'r+b') as f:
       f.truncate(os.path.getsize(path) // 2)
 
@@ -200,8 +202,9 @@ def test_truncated_latest_checkpoint_is_reported_and_the_previous_resumed(
   _truncate_data_files(workdir / 'checkpoints' / '8')
   run = _train(env, data_dir, workdir, '--config.checkpoint.keep=10')
   assert run.returncode == 0, run.stderr[-3000:]
-  warning = next(line for line in run.stderr.splitlines() if line.startswith('warning:'))
-  assert f'checkpoint {workdir}/checkpoints/8 cannot be read (' in warning
+  warnings = [line for line in run.stderr.splitlines() if line.startswith('warning:')]
+  assert warnings, run.stderr[-5000:]
+  assert f'checkpoint {workdir}/checkpoints/8 cannot be read (' in warnings[0]
   assert 'Resuming from step 6, the newest checkpoint that can be read.' in run.stderr
   assert os.path.isdir(workdir / 'checkpoints' / 'unreadable_8')
   assert _steps(workdir) == [2, 4, 6, 8]

@@ -133,19 +133,25 @@ def redrawn(dataset: synthetic.SyntheticConfig, example_id: str, label: int) -> 
 
 
 def evidence(config: ml_collections.ConfigDict, dataset: synthetic.SyntheticConfig,
-             error: SharedError) -> dict[str, Any]:
-  """What tells a synthetic shared error from the class the runs predicted most often:
-  {'predicted': that class, 'details': {field: [its own, predicted]} where they
-  differ, 'changed_pixels_in_crop', 'mean_change_levels'} (`difference`)."""
+             error: SharedError) -> tuple[dict[str, Any], np.ndarray, np.ndarray]:
+  """What tells a synthetic shared error from the class the runs predicted most often.
+
+  Returns:
+    ({'predicted': that class, 'details': {field: [its own, predicted]} where
+     they differ, 'changed_pixels_in_crop', 'mean_change_levels'}
+     (`difference`), the image and the same bird drawn as the predicted
+     class, both as evaluation crops them, [H, W, 3] uint8).
+  """
   predicted = max(set(error.predictions), key=error.predictions.count)
   true, other = synthetic.species(error.label), synthetic.species(predicted)
-  image = redrawn(dataset, error.example_id, error.label)
-  as_predicted = redrawn(dataset, error.example_id, predicted)
-  pixels, levels = difference(_crop(image, config), _crop(as_predicted, config))
-  return {'predicted': predicted,
-          'details': {field: [getattr(true, field), getattr(other, field)]
-                      for field in true._fields if getattr(true, field) != getattr(other, field)},
-          'changed_pixels_in_crop': pixels, 'mean_change_levels': round(levels, 1)}
+  image = _crop(redrawn(dataset, error.example_id, error.label), config)
+  as_predicted = _crop(redrawn(dataset, error.example_id, predicted), config)
+  pixels, levels = difference(image, as_predicted)
+  return ({'predicted': predicted,
+           'details': {field: [getattr(true, field), getattr(other, field)]
+                       for field in true._fields if getattr(true, field) != getattr(other, field)},
+           'changed_pixels_in_crop': pixels, 'mean_change_levels': round(levels, 1)},
+          image, as_predicted)
 
 
 def species_evidence(config: ml_collections.ConfigDict, dataset: synthetic.SyntheticConfig,
@@ -175,16 +181,17 @@ def species_evidence(config: ml_collections.ConfigDict, dataset: synthetic.Synth
 
 
 def gallery(config: ml_collections.ConfigDict, dataset: synthetic.SyntheticConfig,
-            shared: list[SharedError], class_names: list[str], zoom: int = 3) -> Image.Image:
-  """Each shared error as evaluation crops it, next to the same bird drawn as the
-  species predicted (synthetic data) and captioned with the details that differ."""
+            shared: list[SharedError], class_names: list[str], zoom: int = 3
+            ) -> tuple[list[dict[str, Any]], Image.Image]:
+  """Each shared error's `evidence`, and a sheet of them: each error as evaluation
+  crops it, next to the same bird drawn as the species predicted (synthetic
+  data), captioned with the details that differ."""
   font = ImageFont.load_default()
-  tiles = []
+  tiles, found_all = [], []
   for error in shared:
-    found = evidence(config, dataset, error)
-    pair = [_crop(redrawn(dataset, error.example_id, label), config)
-            for label in (error.label, found['predicted'])]
-    height, width = pair[0].shape[:2]
+    found, *pair = evidence(config, dataset, error)
+    found_all.append(found)
+    height = pair[0].shape[0]
     pictures = np.concatenate([pair[0], np.full((height, 4, 3), 255, np.uint8), pair[1]], 1)
     picture = Image.fromarray(pictures).resize(
         (pictures.shape[1] * zoom, height * zoom), Image.NEAREST)
@@ -201,14 +208,14 @@ def gallery(config: ml_collections.ConfigDict, dataset: synthetic.SyntheticConfi
       draw.text((0, picture.height + 4 + 12 * i), line, fill='black', font=font)
     tiles.append(tile)
   if not tiles:
-    return Image.new('RGB', (1, 1), 'white')
+    return found_all, Image.new('RGB', (1, 1), 'white')
   columns = min(3, len(tiles))
   cell_w, cell_h = max(t.width for t in tiles) + 10, max(t.height for t in tiles) + 10
   sheet = Image.new('RGB', (cell_w * columns, cell_h * math.ceil(len(tiles) / columns)),
                     'white')
   for i, tile in enumerate(tiles):
     sheet.paste(tile, ((i % columns) * cell_w, (i // columns) * cell_h))
-  return sheet
+  return found_all, sheet
 
 
 def _spread(values: np.ndarray) -> dict[str, float]:
@@ -227,8 +234,9 @@ def write(workdirs: list[str], out_dir: str, split: str = 'test') -> dict[str, A
   directory.mkdir(parents=True, exist_ok=True)
   if config.data.dataset == synthetic.NAME:
     dataset = synthetic_config(config)
-    for entry, error in zip(summary['shared_errors'], shared):
-      entry.update(evidence(config, dataset, error))
+    found, sheet = gallery(config, dataset, shared, summary['class_names'])
+    for entry, evidence_of_one in zip(summary['shared_errors'], found):
+      entry.update(evidence_of_one)
     closest, alike = species_evidence(config, dataset, example_ids)
     summary['nearest_species'] = {
         'changed_pixels_in_crop': _spread(closest[:, 0]),
@@ -237,7 +245,6 @@ def write(workdirs: list[str], out_dir: str, split: str = 'test') -> dict[str, A
     summary['ceiling'] = {
         'images_like_another_species': int(np.sum(alike > 1)),
         'top1': round(float(np.mean(1 / alike)), 4)}
-    storage.write_image(gallery(config, dataset, shared, summary['class_names']),
-                        str(directory / GALLERY_FILE))
+    storage.write_image(sheet, str(directory / GALLERY_FILE))
   (directory / ERRORS_FILE).write_text(json.dumps(summary, indent=1))
   return summary
