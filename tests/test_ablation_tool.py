@@ -44,9 +44,9 @@ def test_ablation_trains_pairs_and_reports_then_skips_finished_runs(tmp_path):
   table = (root / 'ablation.md').read_text()
   rows = [line for line in table.splitlines() if line.startswith('| plain')
           or line.startswith('| clan')]
-  # Per branch, then per seed with the paired difference: two rows per variant.
-  assert len(rows) == 4 and all('±' in row for row in rows)
-  assert rows[3].split(' | ')[-1].endswith('(2) |')  # clan - plain over seeds 0 and 1
+  # Per branch, per seed, then the pair: clan - plain over seeds 0 and 1.
+  assert len(rows) == 5 and all('±' in row for row in rows)
+  assert rows[4].startswith('| clan | ') and rows[4].endswith(' (2) |')
   assert os.path.getsize(root / 'validation.png') > 1000
   second = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
   assert second.returncode == 0, second.stderr[-3000:]

@@ -41,11 +41,10 @@ def emulator(tmp_path_factory):
 
 
 @pytest.fixture(scope='module')
-def env(emulator, tmp_path_factory):
-  cache = str(tmp_path_factory.mktemp('jax_compilation_cache'))
-  return {**os.environ, **emulator.env, 'JAX_COMPILATION_CACHE_DIR': cache,
-          'JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS': '0',
-          'JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES': '0'}
+def env(emulator):
+  # The session's compilation cache (tests/conftest.py): tests/test_resume.py
+  # trains the same config.
+  return {**os.environ, **emulator.env}
 
 
 def _run(env, *arguments, fault=None) -> subprocess.CompletedProcess:
