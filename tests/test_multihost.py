@@ -120,9 +120,9 @@ def uninterrupted(data_dir, tmp_path_factory):
   """One process with 8 devices, and a 2-process job under `mpirun`:
   {name: (workdir, (status, stdout, stderr))}.
 
-  The 2-process job is the reference of every test below: the SLURM step's
-  losses are compared with it, and the flagged jobs of the lost-process test
-  end bit-identical to it.
+  The 2-process job is the reference of the lost-process test below: its
+  SLURM job, lost process and restart, gives the same per-step losses and
+  ends bit-identical to it.
   """
   root = tmp_path_factory.mktemp('multihost')
   # The single process first: it also generates the synthetic data.
@@ -163,21 +163,6 @@ def test_an_mpirun_job_trains_like_one_process_and_its_checkpoint_restores(unint
                *(jax.device_get(r.variables) for r in restored))
 
 
-def test_a_slurm_step_finds_its_job_and_trains_like_the_mpirun_one(
-    uninterrupted, data_dir, tmp_path):
-  """`--distributed` alone, in the environment of a SLURM step: JAX's own detection."""
-  workdir = tmp_path / 'workdir'
-  outputs = _finish(_start_job(workdir, data_dir, tmp_path, slurm_job_id=_slurm_job_id()),
-                    tmp_path)
-  for status, _, stderr in outputs:
-    assert status == 0, stderr[-3000:]
-  assert 'process 0/2' in outputs[0][2] and 'process 1/2' in outputs[1][2]
-  want, got = _train_losses(uninterrupted['two'][0]), _train_losses(workdir)
-  assert sorted(got) == sorted(want) == list(range(1, STEPS + 1))
-  for step, loss in want.items():
-    assert got[step] == pytest.approx(loss, rel=1e-4), step
-
-
 def test_distributed_where_there_is_no_cluster_says_so_in_one_line(tmp_path):
   # What Open MPI 5's mpirun gives JAX before 0.12 too: nothing it detects.
   env = {k: v for k, v in os.environ.items() if not k.startswith(('SLURM_', 'OMPI_'))}
@@ -191,20 +176,26 @@ def test_distributed_where_there_is_no_cluster_says_so_in_one_line(tmp_path):
   assert not (tmp_path / 'data').exists()
 
 
-@pytest.mark.parametrize('lost', [1, 0])
+@pytest.mark.parametrize('lost, slurm', [(1, True), (0, False)],
+                         ids=['1-slurm', '0-flags'])
 def test_a_lost_process_ends_the_job_in_one_line_and_the_restart_resumes_exactly(
-    uninterrupted, data_dir, tmp_path, lost):
+    uninterrupted, data_dir, tmp_path, lost, slurm):
   """kill -9 of one process while the job runs: the other ends at once, plainly.
 
   The restart is run after the loss of process 1 only: what it reads (the
   checkpoints of the shared workdir) does not depend on which process was lost,
-  and each restart is a two-process job of the suite's time.
+  and each restart is a two-process job of the suite's time. That job, and its
+  restart, run as the tasks of a SLURM step (`--distributed` alone, in the
+  environment `srun` gives each task, so that JAX's own SLURM detection finds
+  the job), and their losses, step by step, are the mpirun job's: the SLURM
+  test, without a job of its own.
   """
   workdir, logs = tmp_path / 'workdir', tmp_path
   every_step = ['--config.checkpoint.every_steps=1',
                 f'--heartbeat_timeout_seconds={HEARTBEAT_TIMEOUT}']
   # The process to lose stops before saving step 2, so the kill lands mid-job.
-  processes = _start_job(workdir, data_dir, logs, fault=(lost, 'pause:2'), extra=every_step)
+  processes = _start_job(workdir, data_dir, logs, fault=(lost, 'pause:2'), extra=every_step,
+                         slurm_job_id=_slurm_job_id() if slurm else None)
   deadline = time.monotonic() + 600
   while 'paused at step 2' not in (logs / f'err{lost}.txt').read_text():
     assert time.monotonic() < deadline and processes[lost].poll() is None, (
@@ -233,14 +224,16 @@ def test_a_lost_process_ends_the_job_in_one_line_and_the_restart_resumes_exactly
     return
   # Restarted, the job resumes from that checkpoint and ends where the
   # uninterrupted one did, to the bit.
-  restarted = _finish(_start_job(workdir, data_dir, logs), logs)
+  # A new SLURM job: a new id, and with it a new coordinator port.
+  restarted = _finish(_start_job(workdir, data_dir, logs, slurm_job_id=_slurm_job_id()), logs)
   for status, _, err in restarted:
     assert status == 0, err[-3000:]
+  assert 'process 0/2' in restarted[0][2] and 'process 1/2' in restarted[1][2]
   assert f'at step {last_step}' in restarted[0][2]
   want = jax.device_get(trained_model.load(str(uninterrupted['two'][0])).variables)
   got = jax.device_get(trained_model.load(str(workdir)).variables)
   jax.tree.map(np.testing.assert_array_equal, got, want)
-  # Step by step, the flagged job (the lost one, then the restart) is the mpirun one.
+  # Step by step, the SLURM job (the lost one, then the restart) is the mpirun one.
   want_losses, got_losses = _train_losses(uninterrupted['two'][0]), _train_losses(workdir)
   assert sorted(got_losses) == sorted(want_losses) == list(range(1, STEPS + 1))
   for step, loss in want_losses.items():
