@@ -105,8 +105,7 @@ def run_study(base: ml_collections.ConfigDict, root: str, *, variants: Sequence[
     Stopped: a run stopped before its end (SIGTERM, Ctrl-C); it, and the runs
       not started, are left for the next call.
   """
-  if select not in ablation_report.SELECTIONS:
-    raise ValueError(f'select={select!r}; allowed: {list(ablation_report.SELECTIONS)}.')
+  ablation_report.check_select(select)  # before anything trains
   # Learning rate, then seed, outermost: a study stopped early has every
   # variant on the same runs so far.
   plan = {(variant, rate, seed): str(storage.path(root) / variant / f'lr{rate:g}' / f'seed{seed}')

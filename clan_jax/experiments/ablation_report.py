@@ -57,12 +57,16 @@ def _steps(history: Mapping[str, Mapping]) -> dict[str, dict[int, float]]:
   return {tag: {int(s): v for s, v in values.items()} for tag, values in history.items()}
 
 
+def check_select(select: str) -> None:
+  if select not in SELECTIONS:
+    raise ValueError(f'select={select!r}; allowed: {list(SELECTIONS)}.')
+
+
 def _selected_step(validation: Mapping[int, float], select: str) -> int:
+  check_select(select)
   if select == 'final':
     return max(validation)
-  if select == 'best_validation':  # ties go to the earliest step
-    return max(sorted(validation), key=lambda s: validation[s])
-  raise ValueError(f'select={select!r}; allowed: {list(SELECTIONS)}.')
+  return max(sorted(validation), key=lambda s: validation[s])  # ties: the earliest step
 
 
 def selected(history: Mapping[str, Mapping], select: str
@@ -166,8 +170,8 @@ def summarize(runs: Runs, select: str) -> tuple[str, dict[str, float]]:
   lines += ['', _row(header), _rule(header)]
   for row, variant in enumerate(variants[1:], start=1):
     cells = [variant]
-    for other in variants[:-1]:
-      if variants.index(other) < row:
+    for column, other in enumerate(variants[:-1]):
+      if column < row:
         diff, error, n = paired_difference(combined[variant], combined[other])
         cells.append(f'{diff:+.1f} ± {error:.1f} ({n})')
       else:
