@@ -1,10 +1,13 @@
 """The ablation report's statistics: per-seed values, paired differences, collapsed runs."""
 import math
+import pathlib
 
 import numpy as np
 import pytest
 
-from clan_jax.experiments import ablation_report
+from clan_jax.experiments import ablation, ablation_report
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
 def _run(test_top1: float, validation: float = 0.5) -> dict:
@@ -70,3 +73,24 @@ def test_validation_plot_shows_every_seed(tmp_path):
   path = tmp_path / 'validation.png'
   ablation_report.plot_validation(runs, chosen, str(path))
   assert path.stat().st_size > 1000
+
+
+@pytest.mark.parametrize('page, records', [
+    ('README.md', 'docs/ablation_10_per_class/draw0'),
+    ('docs/ablation_study.md', 'docs/ablation_10_per_class/draw0'),
+    ('docs/ablation_study.md', 'docs/ablation_10_per_class/draw1')])
+def test_the_published_tables_are_those_of_the_committed_records(page, records):
+  root = REPO / records
+  runs = {}
+  for variant in ablation.VARIANTS:  # the tables' row order
+    for workdir in sorted(root.glob(f'{variant}/lr*/seed*')):
+      rate, seed = workdir.relative_to(root / variant).parts
+      runs[variant, float(rate.removeprefix('lr')), int(seed.removeprefix('seed'))] = (
+          ablation.finished_run(str(workdir)))
+  assert len(runs) == 20
+  table, _ = ablation_report.summarize(runs, 'final')
+  per_seed, pairs = table.split('\n\n')[1:3]
+  # The pages print the minus sign as such.
+  text = (REPO / page).read_text().replace('\u2212', '-')
+  assert per_seed in text
+  assert pairs in text
