@@ -87,6 +87,15 @@ def _log_finished(key: tuple[str, float, int], run: dict, select: str) -> None:
                100 * test['combined'], step, select)
 
 
+def study_plan(root: str, variants: Sequence[str], seeds: Sequence[int],
+               learning_rates: Sequence[float]) -> dict[tuple[str, float, int], str]:
+  """Every run's workdir under `root`, keyed (variant, learning rate, seed), in training order."""
+  # Learning rate, then seed, outermost: a study stopped early has every
+  # variant on the same runs so far.
+  return {(variant, rate, seed): str(storage.path(root) / variant / f'lr{rate:g}' / f'seed{seed}')
+          for rate in learning_rates for seed in seeds for variant in variants}
+
+
 def run_study(base: ml_collections.ConfigDict, root: str, *, variants: Sequence[str],
               seeds: Sequence[int], learning_rates: Sequence[float],
               validation_percent: int, select: str, jobs: int = 1
@@ -106,10 +115,7 @@ def run_study(base: ml_collections.ConfigDict, root: str, *, variants: Sequence[
       not started, are left for the next call.
   """
   ablation_report.check_select(select)  # before anything trains
-  # Learning rate, then seed, outermost: a study stopped early has every
-  # variant on the same runs so far.
-  plan = {(variant, rate, seed): str(storage.path(root) / variant / f'lr{rate:g}' / f'seed{seed}')
-          for rate in learning_rates for seed in seeds for variant in variants}
+  plan = study_plan(root, variants, seeds, learning_rates)
   runs = {key: finished_run(workdir) for key, workdir in plan.items()}
   todo = {}
   for (variant, rate, seed), workdir in plan.items():
