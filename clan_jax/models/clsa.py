@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from clan_jax import config_rules as rules
+from clan_jax.models import pooling
 from clan_jax.models.block_spec import BlockSpec
 
 Dtype = Any
@@ -77,8 +78,9 @@ def downsample_to(x: jax.Array, size: tuple[int, int], mode: str) -> jax.Array:
         'image size divisible by 32 (config.data.image_size) or '
         "config.model.clsa.downsample='bilinear'.")
   window = (height // out_height, width // out_width)
-  pool = nn.avg_pool if mode == 'avg' else nn.max_pool
-  return pool(x, window, strides=window)
+  if mode == 'avg':
+    return nn.avg_pool(x, window, strides=window)
+  return pooling.max_pool(x, window, strides=window)
 
 
 def _diagnostics(params, sown):

@@ -14,6 +14,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from clan_jax.models import pooling
 from clan_jax.models import remat
 
 Dtype = Any
@@ -156,7 +157,7 @@ class ResNet(nn.Module):
     x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
                      dtype=self.dtype, param_dtype=self.param_dtype, name='bn1')(x)
     x = nn.relu(x)
-    x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+    x = pooling.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
     features = {'stem': x}
     stage_cls = (ResNetStage if self.remat_policy is None
                  else remat.wrap(ResNetStage, self.remat_policy, static_argnums=(2,)))

@@ -22,6 +22,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from clan_jax.models import pooling
+
 Dtype = Any
 
 STAGE_NAMES = ('block1', 'block2', 'block3', 'block4', 'block5')
@@ -78,7 +80,7 @@ class VGGFeatures(nn.Module):
         x = nn.relu(x)
         index += 1
       conv_map = x
-      x = nn.max_pool(x, (2, 2), strides=(2, 2))
+      x = pooling.max_pool(x, (2, 2), strides=(2, 2))
       index += 1
       features[stage] = x if self.stage_output == 'pooled' else conv_map
     return features, x
