@@ -13,16 +13,16 @@ filter gradient includes the layout transposes it emits for it (as in the
 train step); PyTorch's has none to emit. The stem's input gradient is left
 out: the images need none, and the train step computes none.
 
-Needs jax and torch; nothing here imports TensorFlow or clan_jax.
+Needs jax, torch and what benchmarks/timing.py needs; nothing here imports TensorFlow.
 """
-import time
-
 from absl import app, flags
 import jax
 from jax import lax
 import jax.numpy as jnp
 import numpy as np
 import torch
+
+from benchmarks import timing
 
 flags.DEFINE_integer('batch', 32, 'Batch size.', lower_bound=1)
 flags.DEFINE_integer('size', 96, 'Input resolution (the stem sees it; stage i sees size/2^(i+2)).',
@@ -79,14 +79,6 @@ def _torch_calls(x_shape, out_channels, kernel, stride, padding):
           'input + filter gradients': lambda: backward((True, True, False))}
 
 
-def _round_ms(fn, calls: int) -> float:
-  started = time.perf_counter()
-  for _ in range(calls):
-    out = fn()
-  jax.block_until_ready(out)
-  return (time.perf_counter() - started) / calls * 1e3
-
-
 def main(argv):
   del argv
   print(f'float32 NHWC, batch {FLAGS.batch}, {FLAGS.size} px, width {FLAGS.width}; '
@@ -103,7 +95,7 @@ def main(argv):
         jax.block_until_ready(calls[role]())  # compiles, and warms PyTorch's caches
       for _ in range(5):
         for side, calls in sides.items():
-          times[side].append(_round_ms(calls[role], FLAGS.calls))
+          times[side].append(1e3 * timing.seconds_per_call(calls[role], FLAGS.calls))
       xla, pytorch = (float(np.median(times[side])) for side in ('XLA', 'PyTorch'))
       print(f'{name:<14}{str(list(x_shape)):<20}{role:<26}{xla:>9.3f}{pytorch:>9.3f}'
             f'{xla / pytorch:>12.2f}x', flush=True)

@@ -12,10 +12,9 @@ their ratio, and whether the two states are still bit-for-bit equal after
 every round's steps. It also times the stem's pool alone, forward and
 backward, both ways.
 """
-import time
+import contextlib
 
 from absl import app, flags
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -37,44 +36,45 @@ FLAGS = flags.FLAGS
 STEM_POOL = dict(window=(3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
 
 
+@contextlib.contextmanager
+def _sliced_backward_on(platforms: tuple[str, ...]):
+  """Traces within it use clan_jax/models/pooling.py's sliced gradient on `platforms` only."""
+  saved = pooling.SLICED_BACKWARD_PLATFORMS
+  pooling.SLICED_BACKWARD_PLATFORMS = platforms
+  try:
+    yield
+  finally:
+    pooling.SLICED_BACKWARD_PLATFORMS = saved
+
+
 def _compiled_step(platforms: tuple[str, ...]):
   """(compiled train step, its state, a batch) with the sliced gradient on `platforms`."""
-  pooling.SLICED_BACKWARD_PLATFORMS = platforms
   model = default.get_config().model
   model.backbone = FLAGS.backbone
   model.backbone_width = FLAGS.width
   run, state, batch = timing.train_step_setup(
       model, image_size=FLAGS.size, batch_size=FLAGS.batch, num_classes=FLAGS.num_classes)
-  return run.train_step.lower(state, batch).compile(), state, batch
+  with _sliced_backward_on(platforms):
+    return run.train_step.lower(state, batch).compile(), state, batch
 
 
 def _compiled_pool(platforms: tuple[str, ...], x: jax.Array):
   """The stem pool's forward and backward on x, compiled with the sliced gradient on `platforms`."""
-  pooling.SLICED_BACKWARD_PLATFORMS = platforms
 
   def forward_backward(x, cotangent):
     y, vjp = jax.vjp(lambda x: pooling.max_pool(x, **STEM_POOL), x)
     return y, vjp(cotangent)[0]
 
-  cotangent = jnp.ones(nn.max_pool(x, STEM_POOL['window'], strides=STEM_POOL['strides'],
-                                   padding=STEM_POOL['padding']).shape, x.dtype)
-  return jax.jit(forward_backward).lower(x, cotangent).compile(), cotangent
-
-
-def _milliseconds(fn, num_calls: int) -> float:
-  started = time.perf_counter()
-  for _ in range(num_calls):
-    out = fn()
-  jax.block_until_ready(out)
-  return (time.perf_counter() - started) / num_calls * 1e3
+  with _sliced_backward_on(platforms):
+    out = jax.eval_shape(lambda x: pooling.max_pool(x, **STEM_POOL), x)
+    cotangent = jnp.ones(out.shape, out.dtype)
+    return jax.jit(forward_backward).lower(x, cotangent).compile(), cotangent
 
 
 def main(argv):
   del argv
-  saved = pooling.SLICED_BACKWARD_PLATFORMS
   variants = {'select-and-scatter': (), 'sliced': (jax.default_backend(),)}
   steps = {name: _compiled_step(platforms) for name, platforms in variants.items()}
-  pooling.SLICED_BACKWARD_PLATFORMS = saved
   states = {name: step[1] for name, step in steps.items()}
   for name, (compiled, _, batch) in steps.items():  # the first calls are slower
     for _ in range(2):
@@ -88,7 +88,7 @@ def main(argv):
       def one_step(name=name, compiled=compiled, batch=batch):
         states[name], step_metrics = compiled(states[name], batch)
         return states[name], step_metrics
-      times[name].append(_milliseconds(one_step, FLAGS.steps))
+      times[name].append(1e3 * timing.seconds_per_call(one_step, FLAGS.steps))
     equal = all(np.array_equal(a, b) for a, b in zip(*(jax.tree.leaves(jax.device_get(s))
                                                        for s in states.values())))
     print(f'round {round_index + 1}: '
@@ -101,12 +101,11 @@ def main(argv):
   shape = (FLAGS.batch, FLAGS.size // 2, FLAGS.size // 2, FLAGS.width)
   x = jnp.asarray(np.maximum(np.random.default_rng(0).normal(size=shape), 0), jnp.float32)
   pools = {name: _compiled_pool(platforms, x) for name, platforms in variants.items()}
-  pooling.SLICED_BACKWARD_PLATFORMS = saved
   pool_ms = {name: [] for name in variants}
   for _ in range(FLAGS.rounds):
     for name, (compiled, cotangent) in pools.items():
-      pool_ms[name].append(
-          _milliseconds(lambda compiled=compiled, c=cotangent: compiled(x, c), FLAGS.steps))
+      pool_ms[name].append(1e3 * timing.seconds_per_call(
+          lambda compiled=compiled, c=cotangent: compiled(x, c), FLAGS.steps))
   print(f'stem max pool alone on {list(shape)}, forward and backward, medians: '
         + ', '.join(f'{n} {np.median(t):.2f} ms' for n, t in pool_ms.items()))
 

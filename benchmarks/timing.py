@@ -66,14 +66,19 @@ def saved_activation_bytes(model, image_size: int, batch_size: int) -> int:
   return sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(saved))
 
 
+def seconds_per_call(fn, num_calls: int) -> float:
+  """Mean wall time of `fn()` over `num_calls` calls in a row, its last result ready."""
+  started = time.perf_counter()
+  for _ in range(num_calls):
+    out = fn()
+  jax.block_until_ready(out)
+  return (time.perf_counter() - started) / num_calls
+
+
 def _mean_time(fn, num_runs: int) -> float:
   """Mean wall time of `fn()` over `num_runs` runs, after one untimed run."""
   jax.block_until_ready(fn())
-  started = time.perf_counter()
-  for _ in range(num_runs):
-    out = fn()
-  jax.block_until_ready(out)
-  return (time.perf_counter() - started) / num_runs
+  return seconds_per_call(fn, num_runs)
 
 
 def diagnostics_seconds(state, images: jax.Array, num_runs: int = 10) -> float:
