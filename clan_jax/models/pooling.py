@@ -3,8 +3,8 @@
 `flax.linen.max_pool`'s gradient is a select-and-scatter, which XLA:CPU expands
 into a reduce-window carrying an int32 index array per window dimension and a
 serial scatter: on the demo's stem (3x3, stride 2, [32, 48, 48, 16]) the pool
-takes 19 ms forward and backward, against 2.6 ms here, and the train step is
-2-7% faster (benchmarks/max_pool.py, BENCHMARKS.md). Here the backward pass
+takes 20 ms forward and backward, against 2.5 ms here, and the train step is
+2-8% faster (benchmarks/max_pool.py, BENCHMARKS.md). Here the backward pass
 finds each window's first maximum with strided slices and puts the output
 gradient back with interior-padded copies, which XLA fuses into two loops.
 
